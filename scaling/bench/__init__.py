@@ -1,0 +1,15 @@
+"""``scaling bench``: every benchmark prints ours beside its anchor, measured in the same run."""
+
+from __future__ import annotations
+
+
+def line(bench: str, case: str, ours: float, anchor: str, anchor_value: float, unit: str, **extra):
+    return {"bench": bench, "case": case, "ours": ours, "anchor": anchor,
+            "anchor_value": anchor_value, "ratio": ours / anchor_value, "unit": unit, **extra}
+
+
+def run_bench(what: str, data: str | None = None):
+    if what == "data":
+        from scaling.bench.data import bench_data
+
+        yield from bench_data(data)

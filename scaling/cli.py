@@ -1,0 +1,159 @@
+"""The ``scaling`` command line. Exit 0 on success, 2 on bad input (one line on stderr
+naming the file or key at fault), 1 otherwise."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from scaling.errors import InputError
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML configuration file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one configuration key (repeatable), e.g. data.crop=64")
+
+
+def cmd_synth(a) -> int:
+    from scaling.world.synth import synthesize
+
+    s = synthesize(a.out, preset=a.preset, seed=a.seed, overwrite=a.overwrite)
+    print(f"wrote {a.out}: {s['genes']} genes ({s['active_genes']} active), {s['complexes']} "
+          f"complexes, {s['pathways']} pathways, {s['experiments']} experiments, "
+          f"{s['plates']} plates, {s['wells']} wells, {s['sites']} sites")
+    return 0
+
+
+def cmd_inspect(a) -> int:
+    from scaling.shards.inspect import inspect_dataset
+
+    s = inspect_dataset(a.dir, channels=a.channels, progress=not a.json)
+    if a.json:
+        print(json.dumps(s))
+    else:
+        print(f"{a.dir}: OK")
+        for k, v in s.items():
+            print(f"  {k:14s} {v}")
+    return 0
+
+
+def cmd_ingest(a) -> int:
+    from scaling.shards.ingest import ingest
+
+    s = ingest(a.images, a.metadata, a.out, pattern=a.pattern, mapping=a.map,
+               control=a.control, overwrite=a.overwrite)
+    print(f"wrote {a.out}: {s['plates']} plates, {s['wells']} wells, {s['sites']} sites, "
+          f"{s['channels']} channels, {s['dtype']}")
+    return 0
+
+
+def cmd_curate(a) -> int:
+    from scaling.curate.select import curate
+
+    s = curate(a.data, a.strategy, a.out, seed=a.seed, overwrite=a.overwrite,
+               fraction=a.fraction, wells_count=a.wells)
+    print(f"wrote {a.out}: {s['strategy']} selection of {s['wells']} of {s['source_wells']} "
+          f"wells ({s['control_wells']} controls, {s['perturbations']} perturbations)")
+    return 0
+
+
+def cmd_stream(a) -> int:
+    from scaling.config import load_config
+    from scaling.stream.preview import preview
+
+    cfg = load_config(a.config, [f"data.path={a.data}"] * bool(a.data) + a.overrides)
+    preview(cfg, batches=a.batches, montage=a.montage)
+    return 0
+
+
+def cmd_bench(a) -> int:
+    from scaling.bench import run_bench
+
+    for line in run_bench(a.what, data=a.data):
+        print(json.dumps(line) if a.json else
+              f"{line['bench']:6s} {line['case']:24s} ours {line['ours']:.3f} "
+              f"anchor {line['anchor_value']:.3f} {line['unit']} ratio {line['ratio']:.3f}",
+              flush=True)
+    return 0
+
+
+def cmd_demo(a) -> int:
+    from scaling.demo import demo
+
+    demo(a.out, preset=a.preset)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="scaling", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="render a synthetic Cell Painting world")
+    s.add_argument("--out", required=True)
+    s.add_argument("--preset", default="tiny")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(fn=cmd_synth)
+
+    s = sub.add_parser("inspect", help="validate every shard of a dataset and summarise it")
+    s.add_argument("dir")
+    s.add_argument("--channels", type=int, default=6, help="expected channels (default 6)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_inspect)
+
+    s = sub.add_parser("ingest", help="per-channel image files + metadata CSV -> shards")
+    s.add_argument("--images", required=True, help="folder of per-channel PNG/TIFF files")
+    s.add_argument("--metadata", required=True, help="CSV with one row per well or per site")
+    s.add_argument("--out", required=True)
+    s.add_argument("--pattern", default="{plate}/{well}_s{site}_w{channel}.png",
+                   help="file path template under --images (default: the RxRx layout)")
+    s.add_argument("--map", action="append", default=[], metavar="FIELD=COLUMN",
+                   help="CSV column for a field (experiment, plate, well, site, perturbation, "
+                        "is_control)")
+    s.add_argument("--control", metavar="COLUMN=VALUE",
+                   help="rows where COLUMN equals VALUE are negative controls")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(fn=cmd_ingest)
+
+    s = sub.add_parser("curate", help="select wells (a manifest, pixels are not copied)")
+    s.add_argument("--data", required=True)
+    s.add_argument("--strategy", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--fraction", type=float, help="share of wells to keep (random)")
+    s.add_argument("--wells", type=int, help="number of wells to keep (random)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(fn=cmd_curate)
+
+    s = sub.add_parser("stream", help="run the Ray Data crop stream, report throughput")
+    s.add_argument("--data", help="dataset or curation folder (sets data.path)")
+    _config_args(s)
+    s.add_argument("--batches", type=int, default=20)
+    s.add_argument("--montage", help="write the first crops as a PNG montage here")
+    s.set_defaults(fn=cmd_stream)
+
+    s = sub.add_parser("bench", help="benchmarks, ours beside an anchor")
+    s.add_argument("what", choices=["data"])
+    s.add_argument("--json", action="store_true", help="one JSON object a line")
+    s.add_argument("--data", help="dataset to read (default: a fresh 'small' world)")
+    s.set_defaults(fn=cmd_bench)
+
+    s = sub.add_parser("demo", help="the main job on the synthetic world")
+    s.add_argument("--out", default="demo-out")
+    s.add_argument("--preset", default="small")
+    s.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

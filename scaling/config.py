@@ -1,0 +1,178 @@
+"""One typed configuration tree, loaded from YAML and overridden with ``--set key=value``.
+
+Every section is a dataclass; unknown keys and values of the wrong type are rejected with
+an :class:`~scaling.errors.InputError` that names the key (and the file, when there is one).
+Later stages add their own sections here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from scaling.errors import InputError
+
+
+@dataclass
+class WorldConfig:
+    """The synthetic world made when ``data.path`` is unset."""
+
+    preset: str = "tiny"
+    seed: int = 0
+
+    def validate(self) -> None:
+        from scaling.world.presets import PRESETS
+
+        if self.preset not in PRESETS:
+            raise InputError(f"world.preset: unknown preset {self.preset!r} (have {sorted(PRESETS)})")
+
+
+@dataclass
+class DataConfig:
+    """The Ray Data crop stream."""
+
+    path: str | None = None  # a dataset (synth/ingest output) or a curation folder
+    crop: int = 64  # crop side in pixels: 64 for CPU models, 256 for the paper's
+    crops_per_site: int = 4  # random crops cut from each site per epoch
+    batch_size: int = 256  # crops per batch per worker
+    val_fraction: float = 0.05  # share of sites held out for validation
+    val_tiles: int = 256  # at most this many fixed validation tiles
+    seed: int = 0  # file order, hold-out choice and validation tiles
+    map_cpus: float = 1.0  # CPUs reserved per read/crop task
+
+    def validate(self) -> None:
+        if self.crop < 8:
+            raise InputError(f"data.crop: must be at least 8, got {self.crop}")
+        for key in ("crops_per_site", "batch_size", "val_tiles"):
+            if getattr(self, key) < 1:
+                raise InputError(f"data.{key}: must be positive, got {getattr(self, key)}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise InputError(f"data.val_fraction: must be in [0, 1), got {self.val_fraction}")
+        if self.map_cpus <= 0:
+            raise InputError(f"data.map_cpus: must be positive, got {self.map_cpus}")
+
+
+@dataclass
+class RunSection:
+    """Where a run writes."""
+
+    dir: str = "runs/default"
+
+    def validate(self) -> None:
+        if not self.dir:
+            raise InputError("run.dir: must not be empty")
+
+
+@dataclass
+class Config:
+    world: WorldConfig = field(default_factory=WorldConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    run: RunSection = field(default_factory=RunSection)
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).validate()
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple = ()) -> Config:
+    """Defaults, then the YAML file, then each ``key=value`` override; validated."""
+    raw: dict = {}
+    where = "config"
+    if path is not None:
+        where = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise InputError(f"{path}: cannot read config ({e.strerror})") from None
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise InputError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(raw, dict):
+            raise InputError(f"{path}: the top level must be a mapping of sections")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"--set {item!r}: expected key=value")
+        node = raw
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise InputError(f"--set {key}: {p!r} is not a section")
+        node[leaf] = yaml.safe_load(value) if value != "" else None
+    cfg = _build(Config, raw, "", where)
+    cfg.validate()
+    return cfg
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def _build(cls, raw, prefix: str, where: str):
+    if not isinstance(raw, dict):
+        raise InputError(f"{where}: {prefix.rstrip('.') or 'top level'} must be a mapping")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in names:
+            raise InputError(f"{where}: unknown key '{prefix}{key}' (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name, value in raw.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, f"{prefix}{name}.", where)
+        else:
+            kwargs[name] = _coerce(tp, value, f"{prefix}{name}", where)
+    return cls(**kwargs)
+
+
+def _coerce(tp, value, key: str, where: str):
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, key, where)
+            except InputError as e:
+                errors.append(e)
+        raise errors[0]
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise InputError(f"{where}: {key} must be a list, got {value!r}")
+        return [_coerce(item, v, f"{key}[{i}]", where) for i, v in enumerate(value)]
+    if origin is typing.Literal:
+        if value not in typing.get_args(tp):
+            raise InputError(f"{where}: {key} must be one of {typing.get_args(tp)}, got {value!r}")
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+    raise InputError(f"{where}: {key} must be {getattr(tp, '__name__', tp)}, got {value!r}")

@@ -1,0 +1,40 @@
+"""Ray start-up and a parallel map over Ray tasks with a progress bar."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+import ray
+
+from scaling.progress import bar
+
+
+def init_ray(num_cpus: int | None = None) -> None:
+    """Join the cluster named by RAY_ADDRESS (``ray job submit`` sets it), else start a local
+    instance. The dashboard is off for local tool runs; nothing binds a public address."""
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+
+
+def parallel_map(
+    fn: Callable, args: Sequence[tuple], desc: str, num_cpus: float = 1.0, progress: bool = True
+) -> list:
+    """``[fn(*a) for a in args]`` as Ray tasks, results in order, a bar as they finish."""
+    init_ray()
+    remote = ray.remote(num_cpus=num_cpus, max_retries=2)(fn)
+    refs = [remote.remote(*a) for a in args]
+    where = {ref: i for i, ref in enumerate(refs)}
+    results: list = [None] * len(refs)
+    pending = list(refs)
+    with bar(total=len(refs), desc=desc, unit="task", enabled=progress) as b:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            results[where[done[0]]] = ray.get(done[0])
+            b.update()
+    return results

@@ -1,0 +1,66 @@
+"""Open a dataset folder: the shards of a synth/ingest output, or a curation of one.
+
+A curation folder holds ``curation.json`` (strategy, source) and ``wells.parquet`` (the
+selected experiment/plate/well keys) instead of pixels; readers stream the source's
+shards and keep only the selected wells.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from scaling.errors import InputError
+from scaling.shards.format import KEY_COLUMNS, shard_files
+
+
+@dataclass
+class Dataset:
+    root: Path  # the folder that holds shards/
+    files: list[Path]
+    wells: pa.Table | None = None  # the selected (experiment, plate, well), None = all
+    curation: dict | None = None
+
+    @property
+    def truth(self) -> Path:
+        return self.root / "truth"
+
+    def selected_keys(self) -> set[str] | None:
+        return None if self.wells is None else set(well_keys(self.wells).to_pylist())
+
+
+def well_keys(table: pa.Table) -> pa.Array:
+    """One string per row: experiment/plate/well."""
+    cols = [pc.cast(table.column(c), pa.string()) for c in KEY_COLUMNS]
+    return pc.binary_join_element_wise(*cols, "/")
+
+
+def open_dataset(path) -> Dataset:
+    p = Path(path)
+    if (p / "curation.json").is_file():
+        try:
+            info = json.loads((p / "curation.json").read_text())
+            source = Path(info["source"])
+        except (ValueError, KeyError) as e:
+            raise InputError(f"{p / 'curation.json'}: not a curation manifest ({e})") from None
+        if not source.is_absolute():
+            source = (p / source).resolve()
+        try:
+            wells = pq.read_table(p / "wells.parquet", columns=KEY_COLUMNS)
+        except Exception as e:
+            raise InputError(f"{p / 'wells.parquet'}: unreadable selection ({e})") from None
+        base = open_dataset(source)
+        return Dataset(base.root, base.files, wells, info)
+    if not p.is_dir():
+        raise InputError(f"{p}: no such dataset folder")
+    if not (p / "shards").is_dir():
+        raise InputError(f"{p}: not a dataset (no shards/ folder and no curation.json)")
+    files = shard_files(p)
+    if not files:
+        raise InputError(f"{p / 'shards'}: no .parquet shards")
+    return Dataset(p, files)

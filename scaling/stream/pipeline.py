@@ -1,0 +1,187 @@
+"""The Ray Data crop stream: shards -> decode -> random crops -> batches for Train workers.
+
+The shards are planned into work units (runs of row groups of about ``UNIT_BYTES``); each
+epoch visits every unit once in a seeded random order (the file-level shuffle). One Ray
+Data ``map_batches`` stage reads a unit with pyarrow, drops unselected and held-out sites,
+cuts random crops and shuffles them within the unit (the batch-level shuffle). All epochs
+run as one streaming execution; nothing is materialised. Crops are a pure function of
+(seed, epoch, unit), so a resumed run can skip the units it has consumed (``start``).
+
+Why not ``ray.data.read_parquet``: on Ray 2.60 it lists and samples the files again at
+every execution (seconds per epoch at this scale) and, given a path list repeated for
+several epochs, returned inconsistent row counts; ``scaling bench data`` keeps it as a case
+so the difference stays measured.
+
+Ray Train splits the stream across workers (``datasets={"train": ...}``); each worker reads
+its part with ``get_dataset_shard("train").iter_torch_batches(batch_size=...,
+collate_fn=CropBatch())``. The validation set
+is a fixed list of grid tiles from held-out sites of the *source* dataset, so losses
+compare across curations.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+import torch
+from ray.data.collate_fn import ArrowBatchCollateFn
+from ray.data.extensions import ArrowTensorTypeV2
+
+from scaling.config import DataConfig
+from scaling.errors import InputError
+from scaling.shards.dataset import Dataset, open_dataset
+from scaling.shards.format import KEY_COLUMNS
+from scaling.stream.crops import GEOMETRY, crop_table, decode_sites, grid_tiles, held_out, site_ids
+
+READ_COLUMNS = KEY_COLUMNS + ["site"] + GEOMETRY + ["pixels"]
+UNIT_BYTES = 32 << 20  # uncompressed bytes of one work unit
+
+
+def geometry(ds: Dataset, crop: int) -> tuple[int, str]:
+    """Channel count and pixel dtype of the dataset; checks every site fits a crop."""
+    t = pa.concat_tables(pq.read_table(f, columns=GEOMETRY) for f in ds.files)
+    chans, dtypes = set(t.column("channels").to_pylist()), set(t.column("dtype").to_pylist())
+    if len(chans) != 1 or len(dtypes) != 1:
+        raise InputError(f"{ds.root}: mixed channel counts {sorted(chans)} or dtypes {sorted(dtypes)}")
+    side = min(min(t.column("height").to_pylist()), min(t.column("width").to_pylist()))
+    if crop > side:
+        raise InputError(f"data.crop: {crop} px is larger than the smallest site side ({side} px)")
+    return chans.pop(), dtypes.pop()
+
+
+def plan_units(ds: Dataset, unit_bytes: int = UNIT_BYTES) -> list[tuple[str, list[int]]]:
+    """Split every shard into runs of consecutive row groups of about ``unit_bytes``."""
+    units = []
+    for f in ds.files:
+        meta = pq.ParquetFile(f).metadata
+        run, size = [], 0
+        for g in range(meta.num_row_groups):
+            run.append(g)
+            size += meta.row_group(g).total_byte_size
+            if size >= unit_bytes:
+                units.append((str(f), run))
+                run, size = [], 0
+        if run:
+            units.append((str(f), run))
+    return units
+
+
+def epoch_order(n_units: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, 6, epoch]).permutation(n_units)
+
+
+def read_crops(batch: dict, **kw) -> pa.Table:
+    """Ray Data map: one work unit -> a block of shuffled crops (zero-copy tensor column)."""
+    crops, ids = [], []
+    for path, groups, epoch, unit in zip(
+        batch["path"], batch["row_groups"], batch["epoch"], batch["unit"], strict=True
+    ):
+        table = pq.ParquetFile(path).read_row_groups(
+            list(groups), columns=READ_COLUMNS, use_threads=False
+        )
+        rng = np.random.default_rng([kw["seed"], 7, int(epoch), int(unit)])
+        c, i = crop_table(table, rng, **kw)
+        crops.append(c)
+        ids.append(i)
+    return crop_block(np.concatenate(crops), np.concatenate(ids))
+
+
+def crop_block(crops: np.ndarray, ids: np.ndarray) -> pa.Table:
+    """Crops (N, C, h, w) and site ids (N,) -> the stream's block (tensor column, no copy)."""
+    return pa.table({"crop": tensor_column(crops), "site_id": ids})
+
+
+def tensor_column(x: np.ndarray) -> pa.Array:
+    """(N, ...) array -> Ray's tensor extension column sharing ``x``'s memory."""
+    x = np.ascontiguousarray(x)
+    per = int(np.prod(x.shape[1:]))
+    offsets = pa.array(np.arange(0, per * (len(x) + 1), per, dtype=np.int64))
+    storage = pa.LargeListArray.from_arrays(offsets, pa.array(x.reshape(-1)))
+    return pa.ExtensionArray.from_storage(
+        ArrowTensorTypeV2(x.shape[1:], pa.from_numpy_dtype(x.dtype)), storage
+    )
+
+
+def tensor_numpy(column) -> np.ndarray:
+    """A tensor extension column (chunked or not) -> one (N, ...) numpy array."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    parts = [c.storage.flatten().to_numpy(zero_copy_only=False).reshape(-1, *c.type.shape)
+             for c in chunks]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+class CropBatch(ArrowBatchCollateFn):
+    """Collate for ``iter_torch_batches``: an Arrow batch -> ``{"crop": (B, C, h, w) tensor,
+    "site_id": (B,) int64}``, one copy, without Ray's generic per-column numpy conversion
+    (which costs more per batch than cutting the crops)."""
+
+    def __call__(self, batch: pa.Table) -> dict[str, torch.Tensor]:
+        crops = np.array(tensor_numpy(batch.column("crop")))  # own, writable memory
+        ids = batch.column("site_id").to_numpy()
+        return {"crop": torch.from_numpy(crops), "site_id": torch.from_numpy(ids.copy())}
+
+
+def crop_stream(data, cfg: DataConfig, epochs: int = 1, start: int = 0) -> ray.data.Dataset:
+    """The training stream of ``data`` (a path or Dataset): rows ``crop`` (C, crop, crop) and
+    ``site_id``, ``epochs`` passes, skipping the first ``start`` work units."""
+    ds = data if isinstance(data, Dataset) else open_dataset(data)
+    channels, dtype = geometry(ds, cfg.crop)
+    if epochs < 1:
+        raise InputError(f"epochs: must be positive, got {epochs}")
+    units = plan_units(ds)
+    items = [
+        {"path": units[u][0], "row_groups": units[u][1], "epoch": e, "unit": int(u)}
+        for e in range(epochs)
+        for u in epoch_order(len(units), cfg.seed, e)
+    ][start:]
+    if not items:
+        raise InputError(f"start: {start} is past the end of the stream ({len(units) * epochs} units)")
+    selected = ds.selected_keys()
+    stream = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        read_crops,
+        batch_size=1,
+        num_cpus=cfg.map_cpus,
+        fn_kwargs=dict(
+            crop=cfg.crop,
+            crops_per_site=cfg.crops_per_site,
+            channels=channels,
+            dtype=dtype,
+            val_fraction=cfg.val_fraction,
+            seed=cfg.seed,
+            selected=None if selected is None else frozenset(selected),
+        ),
+    )
+    # Ray Data reserves half of the CPUs per operator by default; the item list holds one
+    # share, so on a small node only one read/crop task would run at a time (measured).
+    stream.context.op_resource_reservation_enabled = False
+    return stream
+
+
+def validation_tiles(data, cfg: DataConfig) -> np.ndarray:
+    """The fixed validation set: (N, C, crop, crop) grid tiles of held-out sites, N <= val_tiles.
+
+    Deterministic for ``cfg.seed``; drawn from the whole source dataset (never a curation),
+    spread round-robin over held-out sites in site-id order.
+    """
+    ds = data if isinstance(data, Dataset) else open_dataset(data)
+    geometry(ds, cfg.crop)
+    per_site: list[tuple[int, np.ndarray]] = []
+    for f in ds.files:
+        meta = pq.read_table(f, columns=KEY_COLUMNS + ["site"])
+        rows = np.flatnonzero(held_out(site_ids(meta), cfg.seed, cfg.val_fraction))
+        if not len(rows):
+            continue
+        table = pq.read_table(f, columns=READ_COLUMNS).take(pa.array(rows))
+        per_site += [(int(i), grid_tiles(s, cfg.crop))
+                     for i, s in zip(site_ids(table), decode_sites(table), strict=True)]
+    if not per_site:
+        raise InputError(f"{ds.root}: no held-out sites (data.val_fraction={cfg.val_fraction})")
+    per_site.sort(key=lambda p: p[0])
+    tiles: list[np.ndarray] = []
+    for j in range(max(len(t) for _, t in per_site)):
+        tiles += [t[j] for _, t in per_site if j < len(t)]
+        if len(tiles) >= cfg.val_tiles:
+            break
+    return np.ascontiguousarray(np.stack(tiles[: cfg.val_tiles]))

@@ -1,0 +1,37 @@
+"""World presets: from seconds (tests) to the demo's training world and larger."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class WorldSpec:
+    """Size and knobs of a synthetic screen. Sizes are per experiment unless noted."""
+
+    genes: int
+    experiments: int
+    wells_per_plate: int = 96  # filled wells per plate (controls included), laid out on a 96/384 grid
+    controls_per_plate: int = 8  # non-targeting controls on every plate
+    sites: int = 2  # fields of view per well
+    size: int = 128  # site side in pixels
+    cells: float = 14.0  # mean cells per 128 x 128 pixels
+    strength: float = 1.0  # global phenotype strength
+    active_fraction: float = 0.5  # share of genes with a phenotype
+    batch: float = 1.0  # batch-effect strength
+    images: bool = True  # False: embeddings only, no images (the evaluation issue's genome preset)
+
+
+PRESETS: dict[str, WorldSpec] = {
+    # tests: a few hundred sites, seconds
+    "tiny": WorldSpec(genes=48, experiments=3, wells_per_plate=32, controls_per_plate=8),
+    # the demo's training world: a few hundred genes, 4 experiments, ~3,000 sites
+    "small": WorldSpec(genes=320, experiments=4, wells_per_plate=96, controls_per_plate=12),
+    # larger worlds for GPU runs: 256 px sites, 384-well plates
+    "medium": WorldSpec(
+        genes=1200, experiments=6, wells_per_plate=384, controls_per_plate=32, sites=4, size=256
+    ),
+    "large": WorldSpec(
+        genes=6000, experiments=8, wells_per_plate=384, controls_per_plate=32, sites=4, size=512
+    ),
+}

@@ -1,0 +1,40 @@
+"""Shared fixtures: one local Ray instance per test session, one tiny world per session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import ray
+
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_world(ray_session, tmp_path_factory):
+    """The 'tiny' preset, seed 0, rendered once for the session (read-only for tests)."""
+    from scaling.world.synth import synthesize
+
+    path = tmp_path_factory.mktemp("world") / "tiny"
+    synthesize(path, preset="tiny", seed=0, progress=False)
+    return path
+
+
+def run_cli(*args, timeout=300):
+    """``python -m scaling ARGS`` in a subprocess: (returncode, stdout, stderr)."""
+    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    env.pop("RAY_ADDRESS", None)
+    p = subprocess.run([sys.executable, "-m", "scaling", *map(str, args)], capture_output=True,
+                       text=True, timeout=timeout, env=env)
+    return p.returncode, p.stdout, p.stderr
