@@ -12,17 +12,25 @@ from scaling.errors import InputError
 
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML configuration file")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one configuration key (repeatable), e.g. data.crop=64")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one configuration key (repeatable), e.g. data.crop=64",
+    )
 
 
 def cmd_synth(a) -> int:
     from scaling.world.synth import synthesize
 
     s = synthesize(a.out, preset=a.preset, seed=a.seed, overwrite=a.overwrite)
-    print(f"wrote {a.out}: {s['genes']} genes ({s['active_genes']} active), {s['complexes']} "
-          f"complexes, {s['pathways']} pathways, {s['experiments']} experiments, "
-          f"{s['plates']} plates, {s['wells']} wells, {s['sites']} sites")
+    print(
+        f"wrote {a.out}: {s['genes']} genes ({s['active_genes']} active), {s['complexes']} "
+        f"complexes, {s['pathways']} pathways, {s['experiments']} experiments, "
+        f"{s['plates']} plates, {s['wells']} wells, {s['sites']} sites"
+    )
     return 0
 
 
@@ -42,20 +50,38 @@ def cmd_inspect(a) -> int:
 def cmd_ingest(a) -> int:
     from scaling.shards.ingest import ingest
 
-    s = ingest(a.images, a.metadata, a.out, pattern=a.pattern, mapping=a.map,
-               control=a.control, overwrite=a.overwrite)
-    print(f"wrote {a.out}: {s['plates']} plates, {s['wells']} wells, {s['sites']} sites, "
-          f"{s['channels']} channels, {s['dtype']}")
+    s = ingest(
+        a.images,
+        a.metadata,
+        a.out,
+        pattern=a.pattern,
+        mapping=a.map,
+        control=a.control,
+        overwrite=a.overwrite,
+    )
+    print(
+        f"wrote {a.out}: {s['plates']} plates, {s['wells']} wells, {s['sites']} sites, "
+        f"{s['channels']} channels, {s['dtype']}"
+    )
     return 0
 
 
 def cmd_curate(a) -> int:
     from scaling.curate.select import curate
 
-    s = curate(a.data, a.strategy, a.out, seed=a.seed, overwrite=a.overwrite,
-               fraction=a.fraction, wells_count=a.wells)
-    print(f"wrote {a.out}: {s['strategy']} selection of {s['wells']} of {s['source_wells']} "
-          f"wells ({s['control_wells']} controls, {s['perturbations']} perturbations)")
+    s = curate(
+        a.data,
+        a.strategy,
+        a.out,
+        seed=a.seed,
+        overwrite=a.overwrite,
+        fraction=a.fraction,
+        wells_count=a.wells,
+    )
+    print(
+        f"wrote {a.out}: {s['strategy']} selection of {s['wells']} of {s['source_wells']} "
+        f"wells ({s['control_wells']} controls, {s['perturbations']} perturbations)"
+    )
     return 0
 
 
@@ -72,10 +98,13 @@ def cmd_bench(a) -> int:
     from scaling.bench import run_bench
 
     for line in run_bench(a.what, data=a.data):
-        print(json.dumps(line) if a.json else
-              f"{line['bench']:6s} {line['case']:24s} ours {line['ours']:.3f} "
-              f"anchor {line['anchor_value']:.3f} {line['unit']} ratio {line['ratio']:.3f}",
-              flush=True)
+        print(
+            json.dumps(line)
+            if a.json
+            else f"{line['bench']:6s} {line['case']:24s} ours {line['ours']:.3f} "
+            f"anchor {line['anchor_value']:.3f} {line['unit']} ratio {line['ratio']:.3f}",
+            flush=True,
+        )
     return 0
 
 
@@ -107,13 +136,23 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--images", required=True, help="folder of per-channel PNG/TIFF files")
     s.add_argument("--metadata", required=True, help="CSV with one row per well or per site")
     s.add_argument("--out", required=True)
-    s.add_argument("--pattern", default="{plate}/{well}_s{site}_w{channel}.png",
-                   help="file path template under --images (default: the RxRx layout)")
-    s.add_argument("--map", action="append", default=[], metavar="FIELD=COLUMN",
-                   help="CSV column for a field (experiment, plate, well, site, perturbation, "
-                        "is_control)")
-    s.add_argument("--control", metavar="COLUMN=VALUE",
-                   help="rows where COLUMN equals VALUE are negative controls")
+    s.add_argument(
+        "--pattern",
+        default="{plate}/{well}_s{site}_w{channel}.png",
+        help="file path template under --images (default: the RxRx layout)",
+    )
+    s.add_argument(
+        "--map",
+        action="append",
+        default=[],
+        metavar="FIELD=COLUMN",
+        help="CSV column for a field (experiment, plate, well, site, perturbation, is_control)",
+    )
+    s.add_argument(
+        "--control",
+        metavar="COLUMN=VALUE",
+        help="rows where COLUMN equals VALUE are negative controls",
+    )
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(fn=cmd_ingest)
 

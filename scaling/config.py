@@ -29,7 +29,9 @@ class WorldConfig:
         from scaling.world.presets import PRESETS
 
         if self.preset not in PRESETS:
-            raise InputError(f"world.preset: unknown preset {self.preset!r} (have {sorted(PRESETS)})")
+            raise InputError(
+                f"world.preset: unknown preset {self.preset!r} (have {sorted(PRESETS)})"
+            )
 
 
 @dataclass
@@ -126,7 +128,9 @@ def _build(cls, raw, prefix: str, where: str):
     names = {f.name for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in names:
-            raise InputError(f"{where}: unknown key '{prefix}{key}' (known: {', '.join(sorted(names))})")
+            raise InputError(
+                f"{where}: unknown key '{prefix}{key}' (known: {', '.join(sorted(names))})"
+            )
     kwargs = {}
     for name, value in raw.items():
         tp = hints[name]

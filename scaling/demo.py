@@ -33,9 +33,11 @@ def demo(out="demo-out", preset: str = "small", seed: int = 0) -> dict:
         synthesize(world, preset=preset, seed=seed, overwrite=True)
     _step(2, "inspect every shard")
     s = inspect_dataset(world)
-    print(f"{s['experiments']} experiments, {s['plates']} plates, {s['wells']} wells, "
-          f"{s['sites']} sites, {s['perturbations']} perturbations, "
-          f"{s['control_wells']} control wells, {s['bytes'] / 2**20:.0f} MiB")
+    print(
+        f"{s['experiments']} experiments, {s['plates']} plates, {s['wells']} wells, "
+        f"{s['sites']} sites, {s['perturbations']} perturbations, "
+        f"{s['control_wells']} control wells, {s['bytes'] / 2**20:.0f} MiB"
+    )
     _step(3, f"curate: a random half of the wells -> {curated}")
     c = curate(world, "random", curated, seed=seed, overwrite=True, fraction=0.5)
     print(f"{c['wells']} of {c['source_wells']} wells ({c['control_wells']} controls)")
@@ -43,9 +45,11 @@ def demo(out="demo-out", preset: str = "small", seed: int = 0) -> dict:
     cfg = load_config(None, [f"data.path={curated}", "data.batch_size=64"])
     montage = out / "crops.png"
     r = preview(cfg, batches=20, montage=str(montage))
-    print(f"\ndone in {time.perf_counter() - t0:.0f} s. Made:\n"
-          f"  {world}/   shards, truth tables, world.json\n"
-          f"  {curated}/   a curation manifest (no pixels copied)\n"
-          f"  {montage}   {r['crops'] and 32} crops: colour composite, then channels "
-          f"nuclei, ER, actin, RNA, mitochondria, Golgi")
+    print(
+        f"\ndone in {time.perf_counter() - t0:.0f} s. Made:\n"
+        f"  {world}/   shards, truth tables, world.json\n"
+        f"  {curated}/   a curation manifest (no pixels copied)\n"
+        f"  {montage}   {r['crops'] and 32} crops: colour composite, then channels "
+        f"nuclei, ER, actin, RNA, mitochondria, Golgi"
+    )
     return {"world": str(world), "curation": str(curated), "montage": str(montage), **r}

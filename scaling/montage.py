@@ -23,7 +23,9 @@ def composite(crop: np.ndarray) -> np.ndarray:
     return (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
 
 
-def write_montage(crops: np.ndarray, path: str | Path, columns: int = 8, channels: bool = True) -> Path:
+def write_montage(
+    crops: np.ndarray, path: str | Path, columns: int = 8, channels: bool = True
+) -> Path:
     """Crops (N, C, H, W) -> a PNG grid: composites on top, each channel in grey beneath."""
     crops = np.asarray(crops)[: columns * 4]
     n, c, h, w = crops.shape
@@ -31,9 +33,7 @@ def write_montage(crops: np.ndarray, path: str | Path, columns: int = 8, channel
     cols = min(columns, n)
     grid_rows = -(-n // cols)
     pad = 2
-    canvas = np.full(
-        (grid_rows * rows_per_crop * (h + pad), cols * (w + pad), 3), 255, np.uint8
-    )
+    canvas = np.full((grid_rows * rows_per_crop * (h + pad), cols * (w + pad), 3), 255, np.uint8)
     for i, crop in enumerate(crops):
         r0, c0 = (i // cols) * rows_per_crop * (h + pad), (i % cols) * (w + pad)
         canvas[r0 : r0 + h, c0 : c0 + w] = composite(crop)

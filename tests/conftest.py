@@ -35,6 +35,11 @@ def run_cli(*args, timeout=300):
     """``python -m scaling ARGS`` in a subprocess: (returncode, stdout, stderr)."""
     env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
     env.pop("RAY_ADDRESS", None)
-    p = subprocess.run([sys.executable, "-m", "scaling", *map(str, args)], capture_output=True,
-                       text=True, timeout=timeout, env=env)
+    p = subprocess.run(
+        [sys.executable, "-m", "scaling", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
     return p.returncode, p.stdout, p.stderr

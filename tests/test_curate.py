@@ -25,7 +25,7 @@ def test_random_fraction_is_a_manifest_with_controls(tiny_world, tmp_path):
     assert s["wells"] == info["wells"] and s["curation"] == "random"
     # deterministic for a seed, different for another
     again = curate(tiny_world, "random", tmp_path / "again", seed=1, fraction=0.5)
-    other = curate(tiny_world, "random", tmp_path / "other", seed=2, fraction=0.5)
+    curate(tiny_world, "random", tmp_path / "other", seed=2, fraction=0.5)
     assert again == {**info}
     a = pd.read_parquet(tmp_path / "again" / "wells.parquet")
     b = pd.read_parquet(tmp_path / "other" / "wells.parquet")
@@ -39,13 +39,17 @@ def test_well_count_and_curating_a_curation(tiny_world, tmp_path):
     a = pd.read_parquet(tmp_path / "a" / "wells.parquet")
     assert info["wells"] == 30 and info["source_wells"] == 100
     assert set(map(tuple, b[["experiment", "plate", "well"]].values)) <= set(
-        map(tuple, a[["experiment", "plate", "well"]].values))
+        map(tuple, a[["experiment", "plate", "well"]].values)
+    )
 
 
 @pytest.mark.parametrize(
     ("strategy", "kw", "needle"),
-    [("random", dict(fraction=1.5), "--fraction"), ("random", dict(wells_count=10**6), "--wells"),
-     ("clustered", {}, "clustered")],
+    [
+        ("random", dict(fraction=1.5), "--fraction"),
+        ("random", dict(wells_count=10**6), "--wells"),
+        ("clustered", {}, "clustered"),
+    ],
 )
 def test_bad_selection(tiny_world, tmp_path, strategy, kw, needle):
     with pytest.raises(InputError, match=needle):

@@ -27,7 +27,11 @@ def test_summary_matches_the_world(tiny_world):
     s = inspect_dataset(tiny_world, progress=False)
     w = json.loads((tiny_world / "world.json").read_text())
     assert (s["experiments"], s["plates"], s["wells"], s["sites"]) == (
-        w["experiments"], w["plates"], w["wells"], w["sites"])
+        w["experiments"],
+        w["plates"],
+        w["wells"],
+        w["sites"],
+    )
     assert s["perturbations"] == w["genes"]
     assert s["control_wells"] == w["plates"] * w["spec"]["controls_per_plate"]
     assert s["shapes"] == {"6x128x128 uint8": w["sites"]}

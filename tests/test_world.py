@@ -47,8 +47,11 @@ def test_render_is_deterministic_and_responds_to_phenotype():
     assert np.array_equal(a, render_site(zero, batch, 128, 14, np.random.default_rng(1)))
     bright = zero.copy()
     bright[4] = 1.5  # nuclei intensity feature
-    means = [render_site(f, batch, 128, 14, np.random.default_rng(s))[0].mean()
-             for s in range(4) for f in (zero, bright)]
+    means = [
+        render_site(f, batch, 128, 14, np.random.default_rng(s))[0].mean()
+        for s in range(4)
+        for f in (zero, bright)
+    ]
     assert np.mean(means[1::2]) > 1.5 * np.mean(means[0::2])
 
 
@@ -65,9 +68,12 @@ def test_tiny_world_follows_the_contract(tiny_world):
     assert all(cx[a] == cx[b] for a, b in zip(pairs["gene_a"], pairs["gene_b"], strict=True))
 
     files = shard_files(tiny_world)
-    meta = pd.concat(pq.read_table(f, columns=["experiment", "plate", "well", "site",
-                                               "perturbation", "is_control"]).to_pandas()
-                     for f in files)
+    meta = pd.concat(
+        pq.read_table(
+            f, columns=["experiment", "plate", "well", "site", "perturbation", "is_control"]
+        ).to_pandas()
+        for f in files
+    )
     world = json.loads((tiny_world / "world.json").read_text())
     assert len(files) == world["plates"] and len(meta) == world["sites"]
     wells = meta.drop_duplicates(["experiment", "plate", "well"])
@@ -99,11 +105,19 @@ def well_features(world) -> pd.DataFrame:
         for r in pq.read_table(f).to_pylist():
             x = np.frombuffer(r["pixels"], r["dtype"]).reshape(r["channels"], -1).astype(float)
             feats = np.concatenate([x.mean(1), x.std(1), np.percentile(x, 99, axis=1)])
-            rows.append({**{k: r[k] for k in ("experiment", "plate", "well", "perturbation",
-                                               "is_control")}, "f": feats})
+            rows.append(
+                {
+                    **{
+                        k: r[k]
+                        for k in ("experiment", "plate", "well", "perturbation", "is_control")
+                    },
+                    "f": feats,
+                }
+            )
     df = pd.DataFrame(rows)
-    return df.groupby(["experiment", "plate", "well", "perturbation", "is_control"],
-                      as_index=False)["f"].apply(lambda s: np.mean(np.stack(s.to_list()), 0))
+    return df.groupby(
+        ["experiment", "plate", "well", "perturbation", "is_control"], as_index=False
+    )["f"].apply(lambda s: np.mean(np.stack(s.to_list()), 0))
 
 
 @pytest.fixture(scope="module")
@@ -119,8 +133,9 @@ def test_batch_explains_raw_variation(features):
     x = np.log(np.stack(ctrl["f"].to_list())[:, :6])  # log mean intensity per channel
     total = ((x - x.mean(0)) ** 2).sum(0)
     groups = ctrl["experiment"].to_numpy()
-    between = sum((groups == g).sum() * (x[groups == g].mean(0) - x.mean(0)) ** 2
-                  for g in np.unique(groups))
+    between = sum(
+        (groups == g).sum() * (x[groups == g].mean(0) - x.mean(0)) ** 2 for g in np.unique(groups)
+    )
     r2 = between / total
     assert np.median(r2) > 0.3, r2
 

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 
 def line(bench: str, case: str, ours: float, anchor: str, anchor_value: float, unit: str, **extra):
-    return {"bench": bench, "case": case, "ours": ours, "anchor": anchor,
-            "anchor_value": anchor_value, "ratio": ours / anchor_value, "unit": unit, **extra}
+    return {
+        "bench": bench,
+        "case": case,
+        "ours": ours,
+        "anchor": anchor,
+        "anchor_value": anchor_value,
+        "ratio": ours / anchor_value,
+        "unit": unit,
+        **extra,
+    }
 
 
 def run_bench(what: str, data: str | None = None):

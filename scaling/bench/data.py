@@ -87,14 +87,21 @@ def timed(fn, repeats: int) -> tuple[float, int]:
 
 
 def read_parquet_stream(files, cfg: DataConfig, channels: int, dtype: str) -> ray.data.Dataset:
-    kw = dict(crop=cfg.crop, crops_per_site=cfg.crops_per_site, channels=channels, dtype=dtype,
-              val_fraction=cfg.val_fraction, seed=cfg.seed)
+    kw = dict(
+        crop=cfg.crop,
+        crops_per_site=cfg.crops_per_site,
+        channels=channels,
+        dtype=dtype,
+        val_fraction=cfg.val_fraction,
+        seed=cfg.seed,
+    )
 
     def crops(table):
         return crop_block(*crop_table(table, np.random.default_rng(), **kw))
 
-    return ray.data.read_parquet([str(f) for f in files], columns=READ_COLUMNS,
-                                 shuffle="files").map_batches(crops, batch_format="pyarrow")
+    return ray.data.read_parquet(
+        [str(f) for f in files], columns=READ_COLUMNS, shuffle="files"
+    ).map_batches(crops, batch_format="pyarrow")
 
 
 def bench_data(path: str | None = None):
@@ -116,25 +123,43 @@ def bench_data(path: str | None = None):
     anchors = {}
     for bs, case in ((cfg.batch_size, "stream-1-consumer"), (64, "stream-1-consumer-batch64")):
         c = replace(cfg, batch_size=bs)
-        anchors[bs], _ = timed(lambda c=c: sum(anchor_epoch(ds.files, c, np.random.default_rng(e))
-                                               for e in range(EPOCHS)), REPEATS)
-        ours, n = timed(lambda c=c: consume(crop_stream(ds, c, epochs=EPOCHS), c.batch_size),
-                        REPEATS)
+        anchors[bs], _ = timed(
+            lambda c=c: sum(
+                anchor_epoch(ds.files, c, np.random.default_rng(e)) for e in range(EPOCHS)
+            ),
+            REPEATS,
+        )
+        ours, n = timed(
+            lambda c=c: consume(crop_stream(ds, c, epochs=EPOCHS), c.batch_size), REPEATS
+        )
         yield line("data", case, ours, ANCHOR, anchors[bs], UNIT, crops=n, batch_size=bs)
     anchor = anchors[cfg.batch_size]
 
     def two() -> int:
         its = crop_stream(ds, cfg, epochs=EPOCHS).streaming_split(2, equal=True)
-        return sum(ray.get([c.consume.remote(it, cfg.batch_size) for c, it in zip(consumers, its, strict=True)]))
+        return sum(
+            ray.get(
+                [c.consume.remote(it, cfg.batch_size) for c, it in zip(consumers, its, strict=True)]
+            )
+        )
 
     ours, n = timed(two, REPEATS)
-    yield line("data", "stream-2-consumers", ours, ANCHOR, anchor, UNIT, crops=n,
-               batch_size=cfg.batch_size)
+    yield line(
+        "data", "stream-2-consumers", ours, ANCHOR, anchor, UNIT, crops=n, batch_size=cfg.batch_size
+    )
 
     channels, dtype = geometry(ds, cfg.crop)
     rp = read_parquet_stream(ds.files, cfg, channels, dtype)
     ours, n = timed(lambda: sum(consume(rp, cfg.batch_size) for _ in range(EPOCHS)), 1)
-    yield line("data", "read_parquet-1-consumer", ours, ANCHOR, anchor, UNIT, crops=n,
-               batch_size=cfg.batch_size)
+    yield line(
+        "data",
+        "read_parquet-1-consumer",
+        ours,
+        ANCHOR,
+        anchor,
+        UNIT,
+        crops=n,
+        batch_size=cfg.batch_size,
+    )
     if tmp is not None:
         tmp.cleanup()

@@ -36,8 +36,9 @@ def well_table(ds) -> pd.DataFrame:
     return wells
 
 
-def random_selection(wells: pd.DataFrame, rng, fraction: float | None = None,
-                     wells_count: int | None = None) -> np.ndarray:
+def random_selection(
+    wells: pd.DataFrame, rng, fraction: float | None = None, wells_count: int | None = None
+) -> np.ndarray:
     """A uniform sample of wells, controls included (they are drawn like any other well)."""
     n = len(wells)
     if wells_count is None:

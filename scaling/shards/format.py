@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 CHANNELS = ("nuclei", "er", "actin", "rna", "mito", "golgi")  # RxRx3 / Cell Painting order
 PIXEL_DTYPES = ("uint8", "uint16", "float32")
 ROWS_PER_GROUP = 16  # a row group is a few MB: small enough to stream, large enough to compress
+WRITE_OPTIONS = dict(compression="zstd", write_page_checksum=True)  # every shard writer
 
 SCHEMA = pa.schema(
     [
@@ -63,8 +64,7 @@ def write_atomic(table: pa.Table, path: Path, row_group_size: int = ROWS_PER_GRO
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        pq.write_table(table, tmp, row_group_size=row_group_size, compression="zstd",
-                       write_page_checksum=True)
+        pq.write_table(table, tmp, row_group_size=row_group_size, **WRITE_OPTIONS)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -72,4 +72,6 @@ def write_atomic(table: pa.Table, path: Path, row_group_size: int = ROWS_PER_GRO
 
 def shard_files(root: Path) -> list[Path]:
     """The dataset's shard files, sorted (temporary files of an interrupted write excluded)."""
-    return sorted(p for p in (Path(root) / "shards").glob("*.parquet") if not p.name.startswith("."))
+    return sorted(
+        p for p in (Path(root) / "shards").glob("*.parquet") if not p.name.startswith(".")
+    )

@@ -43,8 +43,10 @@ def check_shard(path: Path, channels: int | None, seen: set) -> list[dict]:
                     raise InputError(f"{where}: pixel dtype {m['dtype']!r} not in {PIXEL_DTYPES}")
                 expect = m["channels"] * m["height"] * m["width"] * np.dtype(m["dtype"]).itemsize
                 if n != expect:
-                    raise InputError(f"{where}: {n} pixel bytes, expected {expect} "
-                                     f"({m['channels']}x{m['height']}x{m['width']} {m['dtype']})")
+                    raise InputError(
+                        f"{where}: {n} pixel bytes, expected {expect} "
+                        f"({m['channels']}x{m['height']}x{m['width']} {m['dtype']})"
+                    )
                 if m["dtype"].startswith("float"):
                     pix = np.frombuffer(batch.column("pixels")[i].as_py(), m["dtype"])
                     if not np.isfinite(pix).all():
@@ -88,8 +90,10 @@ def inspect_dataset(path, channels: int | None = 6, progress: bool = True) -> di
     if ds.wells is not None:
         missing = set(well_keys(ds.wells).to_pylist()) - {"/".join(k) for k in wells}
         if missing:
-            raise InputError(f"{path}/wells.parquet: {len(missing)} selected wells are not in "
-                             f"the source shards (first: {sorted(missing)[0]})")
+            raise InputError(
+                f"{path}/wells.parquet: {len(missing)} selected wells are not in "
+                f"the source shards (first: {sorted(missing)[0]})"
+            )
     return summary
 
 

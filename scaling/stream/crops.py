@@ -24,8 +24,11 @@ def site_ids(table: pa.Table) -> np.ndarray:
     keys = well_keys(table).to_pylist()
     sites = table.column("site").to_pylist()
     return np.array(
-        [int.from_bytes(hashlib.blake2b(f"{k}/{s}".encode(), digest_size=8).digest(), "little") >> 1
-         for k, s in zip(keys, sites, strict=True)],
+        [
+            int.from_bytes(hashlib.blake2b(f"{k}/{s}".encode(), digest_size=8).digest(), "little")
+            >> 1
+            for k, s in zip(keys, sites, strict=True)
+        ],
         dtype=np.int64,
     )
 

@@ -44,7 +44,9 @@ def geometry(ds: Dataset, crop: int) -> tuple[int, str]:
     t = pa.concat_tables(pq.read_table(f, columns=GEOMETRY) for f in ds.files)
     chans, dtypes = set(t.column("channels").to_pylist()), set(t.column("dtype").to_pylist())
     if len(chans) != 1 or len(dtypes) != 1:
-        raise InputError(f"{ds.root}: mixed channel counts {sorted(chans)} or dtypes {sorted(dtypes)}")
+        raise InputError(
+            f"{ds.root}: mixed channel counts {sorted(chans)} or dtypes {sorted(dtypes)}"
+        )
     side = min(min(t.column("height").to_pylist()), min(t.column("width").to_pylist()))
     if crop > side:
         raise InputError(f"data.crop: {crop} px is larger than the smallest site side ({side} px)")
@@ -107,8 +109,10 @@ def tensor_column(x: np.ndarray) -> pa.Array:
 def tensor_numpy(column) -> np.ndarray:
     """A tensor extension column (chunked or not) -> one (N, ...) numpy array."""
     chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
-    parts = [c.storage.flatten().to_numpy(zero_copy_only=False).reshape(-1, *c.type.shape)
-             for c in chunks]
+    parts = [
+        c.storage.flatten().to_numpy(zero_copy_only=False).reshape(-1, *c.type.shape)
+        for c in chunks
+    ]
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
@@ -137,7 +141,9 @@ def crop_stream(data, cfg: DataConfig, epochs: int = 1, start: int = 0) -> ray.d
         for u in epoch_order(len(units), cfg.seed, e)
     ][start:]
     if not items:
-        raise InputError(f"start: {start} is past the end of the stream ({len(units) * epochs} units)")
+        raise InputError(
+            f"start: {start} is past the end of the stream ({len(units) * epochs} units)"
+        )
     selected = ds.selected_keys()
     stream = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         read_crops,
@@ -174,8 +180,10 @@ def validation_tiles(data, cfg: DataConfig) -> np.ndarray:
         if not len(rows):
             continue
         table = pq.read_table(f, columns=READ_COLUMNS).take(pa.array(rows))
-        per_site += [(int(i), grid_tiles(s, cfg.crop))
-                     for i, s in zip(site_ids(table), decode_sites(table), strict=True)]
+        per_site += [
+            (int(i), grid_tiles(s, cfg.crop))
+            for i, s in zip(site_ids(table), decode_sites(table), strict=True)
+        ]
     if not per_site:
         raise InputError(f"{ds.root}: no held-out sites (data.val_fraction={cfg.val_fraction})")
     per_site.sort(key=lambda p: p[0])

@@ -24,10 +24,17 @@ def preview(cfg: Config, batches: int = 20, montage: str | None = None) -> dict:
         if i + 1 >= batches:
             break
     dt = time.perf_counter() - t0
-    out = {"crops": n, "seconds": dt, "crops_per_s": n / dt, "shape": list(first.shape[1:]),
-           "dtype": str(first.dtype)}
-    print(f"streamed {n} crops of {tuple(first.shape[1:])} {first.dtype} in {dt:.1f} s "
-          f"({n / dt:.0f} crops/s, start-up included)")
+    out = {
+        "crops": n,
+        "seconds": dt,
+        "crops_per_s": n / dt,
+        "shape": list(first.shape[1:]),
+        "dtype": str(first.dtype),
+    }
+    print(
+        f"streamed {n} crops of {tuple(first.shape[1:])} {first.dtype} in {dt:.1f} s "
+        f"({n / dt:.0f} crops/s, start-up included)"
+    )
     if montage:
         print(f"montage of {len(first)} crops: {write_montage(first, montage)}")
     return out

@@ -48,9 +48,7 @@ class Biology:
                 "pathway": [f"P{p:03d}" for p in self.pathway_of_complex[k]],
                 "active": self.active,
                 "strength": self.strength.astype(np.float32),
-                "opposes": [
-                    f"C{self.opposes[c]:04d}" if c in self.opposes else None for c in k
-                ],
+                "opposes": [f"C{self.opposes[c]:04d}" if c in self.opposes else None for c in k],
             }
         )
 

@@ -65,7 +65,8 @@ def make_layout(spec: WorldSpec, bio: Biology, seed: int) -> list[Plate]:
             content = [(g, False) for g in chunk] + [(CONTROL, True)] * spec.controls_per_plate
             positions = rng.choice(len(grid), size=len(content), replace=False)
             wells = sorted(
-                (grid[pos], pert, ctrl) for pos, (pert, ctrl) in zip(positions, content, strict=True)
+                (grid[pos], pert, ctrl)
+                for pos, (pert, ctrl) in zip(positions, content, strict=True)
             )
             batch = PlateBatch(
                 gain=exp_gain * rng.lognormal(0.0, 0.08 * b, N_CHANNELS),
@@ -76,5 +77,7 @@ def make_layout(spec: WorldSpec, bio: Biology, seed: int) -> list[Plate]:
                 density=float(exp_density + rng.normal(0.0, 0.05 * b)),
                 well_gain_sd=0.05 * b,
             )
-            plates.append(Plate(experiment, f"{experiment}-P{j + 1:02d}", len(plates), wells, batch))
+            plates.append(
+                Plate(experiment, f"{experiment}-P{j + 1:02d}", len(plates), wells, batch)
+            )
     return plates

@@ -11,7 +11,9 @@ class WorldSpec:
 
     genes: int
     experiments: int
-    wells_per_plate: int = 96  # filled wells per plate (controls included), laid out on a 96/384 grid
+    wells_per_plate: int = (
+        96  # filled wells per plate (controls included), laid out on a 96/384 grid
+    )
     controls_per_plate: int = 8  # non-targeting controls on every plate
     sites: int = 2  # fields of view per well
     size: int = 128  # site side in pixels

@@ -91,7 +91,9 @@ def render_site(
     dist = np.sqrt(dx**2 + dy**2)
     ang = np.arctan2(dy, dx)
     ph = rng.uniform(0, 2 * np.pi, (2, n, 1, 1))
-    edge = r_cell[:, None, None] * (1 + 0.12 * np.sin(3 * ang + ph[0]) + 0.07 * np.sin(5 * ang + ph[1]))
+    edge = r_cell[:, None, None] * (
+        1 + 0.12 * np.sin(3 * ang + ph[0]) + 0.07 * np.sin(5 * ang + ph[1])
+    )
     cell_each = _sigmoid((edge - dist) * 0.8)
     owner = cell_each.argmax(0)
     cell = cell_each.max(0)

@@ -45,14 +45,23 @@ def render_plate(plate: Plate, spec: WorldSpec, bio: Biology, seed: int, path: s
         for site in range(spec.sites):
             rng = np.random.default_rng([seed, 3, plate.index, w, site])
             images.append(render_site(phen, plate.batch, spec.size, spec.cells, rng))
-            meta.append(dict(experiment=plate.experiment, plate=plate.plate, well=well, site=site,
-                             perturbation=pert, is_control=ctrl))
+            meta.append(
+                dict(
+                    experiment=plate.experiment,
+                    plate=plate.plate,
+                    well=well,
+                    site=site,
+                    perturbation=pert,
+                    is_control=ctrl,
+                )
+            )
     write_atomic(site_table(meta, images), Path(path))
     return len(images)
 
 
-def synthesize(out, preset: str = "tiny", seed: int = 0, overwrite: bool = False,
-               progress: bool = True) -> dict:
+def synthesize(
+    out, preset: str = "tiny", seed: int = 0, overwrite: bool = False, progress: bool = True
+) -> dict:
     """Write a world to ``out``; returns the summary also saved as ``world.json``."""
     if preset not in PRESETS:
         raise InputError(f"--preset: unknown preset {preset!r} (have {', '.join(PRESETS)})")
@@ -70,7 +79,9 @@ def synthesize(out, preset: str = "tiny", seed: int = 0, overwrite: bool = False
         sites = 0
         if spec.images:
             bio_ref = ray.put(bio) if _ray_ready() else bio
-            jobs = [(p, spec, bio_ref, seed, str(tmp / "shards" / f"{p.plate}.parquet")) for p in plates]
+            jobs = [
+                (p, spec, bio_ref, seed, str(tmp / "shards" / f"{p.plate}.parquet")) for p in plates
+            ]
             sites = sum(parallel_map(render_plate, jobs, desc=f"synth {preset}", progress=progress))
         summary = {
             "preset": preset,
