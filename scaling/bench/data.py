@@ -104,7 +104,7 @@ def read_parquet_stream(files, cfg: DataConfig, channels: int, dtype: str) -> ra
     ).map_batches(crops, batch_format="pyarrow")
 
 
-def bench_data(path: str | None = None):
+def bench_data(path: str | None = None, epochs: int = EPOCHS, repeats: int = REPEATS):
     cfg = DataConfig()
     tmp = None
     if path is None:
@@ -125,32 +125,32 @@ def bench_data(path: str | None = None):
         c = replace(cfg, batch_size=bs)
         anchors[bs], _ = timed(
             lambda c=c: sum(
-                anchor_epoch(ds.files, c, np.random.default_rng(e)) for e in range(EPOCHS)
+                anchor_epoch(ds.files, c, np.random.default_rng(e)) for e in range(epochs)
             ),
-            REPEATS,
+            repeats,
         )
         ours, n = timed(
-            lambda c=c: consume(crop_stream(ds, c, epochs=EPOCHS), c.batch_size), REPEATS
+            lambda c=c: consume(crop_stream(ds, c, epochs=epochs), c.batch_size), repeats
         )
         yield line("data", case, ours, ANCHOR, anchors[bs], UNIT, crops=n, batch_size=bs)
     anchor = anchors[cfg.batch_size]
 
     def two() -> int:
-        its = crop_stream(ds, cfg, epochs=EPOCHS).streaming_split(2, equal=True)
+        its = crop_stream(ds, cfg, epochs=epochs).streaming_split(2, equal=True)
         return sum(
             ray.get(
                 [c.consume.remote(it, cfg.batch_size) for c, it in zip(consumers, its, strict=True)]
             )
         )
 
-    ours, n = timed(two, REPEATS)
+    ours, n = timed(two, repeats)
     yield line(
         "data", "stream-2-consumers", ours, ANCHOR, anchor, UNIT, crops=n, batch_size=cfg.batch_size
     )
 
     channels, dtype = geometry(ds, cfg.crop)
     rp = read_parquet_stream(ds.files, cfg, channels, dtype)
-    ours, n = timed(lambda: sum(consume(rp, cfg.batch_size) for _ in range(EPOCHS)), 1)
+    ours, n = timed(lambda: sum(consume(rp, cfg.batch_size) for _ in range(epochs)), 1)
     yield line(
         "data",
         "read_parquet-1-consumer",
