@@ -58,14 +58,25 @@ def main(path: str) -> None:
     n = sum(crops(s, rng) for f in files for s in decode_sites(pq.read_table(f)))
     raw = (time.perf_counter() - t0) * 1e4 / n
     t0 = time.perf_counter()
-    n = sum(crops(np.stack([np.asarray(Image.open(io.BytesIO(b))) for b in s]), rng)
-            for s in pngs)
+    n = sum(crops(np.stack([np.asarray(Image.open(io.BytesIO(b))) for b in s]), rng) for s in pngs)
     png = (time.perf_counter() - t0) * 1e4 / n
     raw_size = sum(f.stat().st_size for f in files)
-    print(json.dumps({"bench": "pixel_format", "case": "raw+zstd vs png", "ours": raw,
-                      "anchor": "png per channel", "anchor_value": png, "ratio": raw / png,
-                      "unit": "s/10k crops", "raw_zstd_bytes": raw_size,
-                      "png_bytes": png_table_size, "png_payload_bytes": png_size}))
+    print(
+        json.dumps(
+            {
+                "bench": "pixel_format",
+                "case": "raw+zstd vs png",
+                "ours": raw,
+                "anchor": "png per channel",
+                "anchor_value": png,
+                "ratio": raw / png,
+                "unit": "s/10k crops",
+                "raw_zstd_bytes": raw_size,
+                "png_bytes": png_table_size,
+                "png_payload_bytes": png_size,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
