@@ -103,12 +103,42 @@ def test_epochs_cover_every_training_site(tiny_world, ray_session):
     assert len(one) * 2 == len(crops)
 
 
-def test_start_skips_consumed_units(tiny_world, ray_session):
+def test_start_skips_consumed_tasks(tiny_world, ray_session, monkeypatch):
+    from scaling.stream import pipeline
+
+    monkeypatch.setattr(pipeline, "TASK_BYTES", 1)  # one part per task: six tasks an epoch
     full = Counter(collect(crop_stream(tiny_world, CFG, epochs=1))[1].tolist())
     rest = Counter(collect(crop_stream(tiny_world, CFG, epochs=1, start=2))[1].tolist())
-    assert sum(rest.values()) < sum(full.values()) and not (rest - full)
+    assert 0 < sum(rest.values()) < sum(full.values()) and not (rest - full)
     with pytest.raises(InputError, match="past the end"):
         crop_stream(tiny_world, CFG, epochs=1, start=10**6)
+
+
+def test_tasks_cover_parts_once_per_epoch(tiny_world):
+    from scaling.stream.pipeline import plan_parts, plan_tasks
+
+    parts = plan_parts(open_dataset(tiny_world), part_bytes=2 << 20)
+    assert len(parts) > len(open_dataset(tiny_world).files)  # shards split into parts
+    items = plan_tasks(parts, seed=0, epochs=3)
+    for e in range(3):
+        seen = [
+            (p, tuple(g))
+            for it in items
+            if it["epoch"] == e
+            for p, g in zip(it["paths"], it["groups"], strict=True)
+        ]
+        assert sorted(seen) == sorted((p, tuple(g)) for p, g, _ in parts)
+    orders = [
+        [
+            (p, tuple(g))
+            for it in items
+            if it["epoch"] == e
+            for p, g in zip(it["paths"], it["groups"], strict=True)
+        ]
+        for e in range(3)
+    ]
+    assert orders[0] != orders[1] != orders[2]  # a new file order every epoch
+    assert [it["task"] for it in items] == list(range(len(items)))
 
 
 def test_curation_restricts_the_stream(tiny_world, tmp_path, ray_session):

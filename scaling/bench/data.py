@@ -99,9 +99,8 @@ def read_parquet_stream(files, cfg: DataConfig, channels: int, dtype: str) -> ra
     def crops(table):
         return crop_block(*crop_table(table, np.random.default_rng(), **kw))
 
-    return ray.data.read_parquet(
-        [str(f) for f in files], columns=READ_COLUMNS, shuffle="files"
-    ).map_batches(crops, batch_format="pyarrow")
+    stream = ray.data.read_parquet([str(f) for f in files], shuffle="files")
+    return stream.select_columns(READ_COLUMNS).map_batches(crops, batch_format="pyarrow")
 
 
 def bench_data(path: str | None = None, epochs: int = EPOCHS, repeats: int = REPEATS):
