@@ -54,3 +54,19 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path):
     assert err.strip().count("\n") == 0 and "data.nope" in err and err.startswith("error:")
     rc, _, err = run_cli("synth", "--out", tmp_path / "w", "--preset", "galaxy")
     assert rc == 2 and "galaxy" in err and not (tmp_path / "w").exists()
+
+
+def test_every_shipped_config_loads():
+    from pathlib import Path
+
+    configs = sorted(Path(__file__).parent.parent.joinpath("jobs", "configs").glob("*.yaml"))
+    assert configs
+    for c in configs:
+        load_config(c)
+
+
+def test_cluster_yaml_binds_no_public_address():
+    from pathlib import Path
+
+    text = Path(__file__).parent.parent.joinpath("cluster.yaml").read_text()
+    assert "0.0.0.0" not in text and "--dashboard-host=127.0.0.1" in text

@@ -28,6 +28,7 @@ from scaling.stream.pipeline import (
     READ_COLUMNS,
     CropBatch,
     crop_block,
+    crop_kwargs,
     crop_stream,
     geometry,
 )
@@ -87,14 +88,7 @@ def timed(fn, repeats: int) -> tuple[float, int]:
 
 
 def read_parquet_stream(files, cfg: DataConfig, channels: int, dtype: str) -> ray.data.Dataset:
-    kw = dict(
-        crop=cfg.crop,
-        crops_per_site=cfg.crops_per_site,
-        channels=channels,
-        dtype=dtype,
-        val_fraction=cfg.val_fraction,
-        seed=cfg.seed,
-    )
+    kw = crop_kwargs(cfg, channels, dtype)
 
     def crops(table):
         return crop_block(*crop_table(table, np.random.default_rng(), **kw))

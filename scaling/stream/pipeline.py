@@ -150,6 +150,19 @@ class CropBatch(ArrowBatchCollateFn):
         return {"crop": torch.from_numpy(crops), "site_id": torch.from_numpy(ids.copy())}
 
 
+def crop_kwargs(cfg: DataConfig, channels: int, dtype: str, selected=None) -> dict:
+    """The keyword arguments of :func:`~scaling.stream.crops.crop_table` for a config."""
+    return dict(
+        crop=cfg.crop,
+        crops_per_site=cfg.crops_per_site,
+        channels=channels,
+        dtype=dtype,
+        val_fraction=cfg.val_fraction,
+        seed=cfg.seed,
+        selected=None if selected is None else frozenset(selected),
+    )
+
+
 def crop_stream(data, cfg: DataConfig, epochs: int = 1, start: int = 0) -> ray.data.Dataset:
     """The training stream of ``data`` (a path or Dataset): rows ``crop`` (C, crop, crop) and
     ``site_id``, ``epochs`` passes, skipping the first ``start`` tasks."""
@@ -165,15 +178,7 @@ def crop_stream(data, cfg: DataConfig, epochs: int = 1, start: int = 0) -> ray.d
         read_crops,
         batch_size=1,
         num_cpus=cfg.map_cpus,
-        fn_kwargs=dict(
-            crop=cfg.crop,
-            crops_per_site=cfg.crops_per_site,
-            channels=channels,
-            dtype=dtype,
-            val_fraction=cfg.val_fraction,
-            seed=cfg.seed,
-            selected=None if selected is None else frozenset(selected),
-        ),
+        fn_kwargs=crop_kwargs(cfg, channels, dtype, selected),
     )
     # Ray Data reserves half of the CPUs per operator by default; the item list holds one
     # share, so on a small node only one read/crop task would run at a time (measured).
