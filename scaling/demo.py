@@ -49,7 +49,7 @@ def demo(out="demo-out", preset: str = "small", seed: int = 0) -> dict:
         f"\ndone in {time.perf_counter() - t0:.0f} s. Made:\n"
         f"  {world}/   shards, truth tables, world.json\n"
         f"  {curated}/   a curation manifest (no pixels copied)\n"
-        f"  {montage}   {r['crops'] and 32} crops: colour composite, then channels "
+        f"  {montage}   {r['montage_crops']} crops: colour composite, then channels "
         f"nuclei, ER, actin, RNA, mitochondria, Golgi"
     )
     return {"world": str(world), "curation": str(curated), "montage": str(montage), **r}

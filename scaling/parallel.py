@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Sequence
 
@@ -15,11 +16,13 @@ def init_ray(num_cpus: int | None = None) -> None:
     instance. The dashboard is off for local tool runs; nothing binds a public address."""
     if ray.is_initialized():
         return
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # progress bars, not log lines
     address = os.environ.get("RAY_ADDRESS")
+    quiet = dict(log_to_driver=True, logging_level=logging.WARNING)  # our own output leads
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, **quiet)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+        ray.init(num_cpus=num_cpus, include_dashboard=False, **quiet)
 
 
 def parallel_map(

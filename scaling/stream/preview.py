@@ -8,7 +8,7 @@ from scaling.config import Config
 from scaling.errors import InputError
 from scaling.montage import write_montage
 from scaling.parallel import init_ray
-from scaling.stream.pipeline import crop_stream
+from scaling.stream.pipeline import CropBatch, crop_stream
 
 
 def preview(cfg: Config, batches: int = 20, montage: str | None = None) -> dict:
@@ -17,9 +17,10 @@ def preview(cfg: Config, batches: int = 20, montage: str | None = None) -> dict:
     stream = crop_stream(cfg.data.path, cfg.data)  # validates before Ray starts work
     init_ray()
     n, first, t0 = 0, None, time.perf_counter()
-    for i, batch in enumerate(stream.iter_torch_batches(batch_size=cfg.data.batch_size)):
+    batches_iter = stream.iter_torch_batches(batch_size=cfg.data.batch_size, collate_fn=CropBatch())
+    for i, batch in enumerate(batches_iter):
         if first is None:
-            first = batch["crop"][:32].numpy()
+            first = batch["crop"][:16].numpy()
         n += len(batch["crop"])
         if i + 1 >= batches:
             break
@@ -30,6 +31,7 @@ def preview(cfg: Config, batches: int = 20, montage: str | None = None) -> dict:
         "crops_per_s": n / dt,
         "shape": list(first.shape[1:]),
         "dtype": str(first.dtype),
+        "montage_crops": len(first) if montage else 0,
     }
     print(
         f"streamed {n} crops of {tuple(first.shape[1:])} {first.dtype} in {dt:.1f} s "
