@@ -145,7 +145,9 @@ class CropBatch(ArrowBatchCollateFn):
     (which costs more per batch than cutting the crops)."""
 
     def __call__(self, batch: pa.Table) -> dict[str, torch.Tensor]:
-        crops = np.array(tensor_numpy(batch.column("crop")))  # own, writable memory
+        crops = tensor_numpy(batch.column("crop"))
+        if not crops.flags.writeable:  # a zero-copy view of the block: take our own copy
+            crops = crops.copy()
         ids = batch.column("site_id").to_numpy()
         return {"crop": torch.from_numpy(crops), "site_id": torch.from_numpy(ids.copy())}
 
