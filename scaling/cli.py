@@ -101,8 +101,8 @@ def cmd_bench(a) -> int:
         print(
             json.dumps(line)
             if a.json
-            else f"{line['bench']:6s} {line['case']:24s} ours {line['ours']:.3f} "
-            f"anchor {line['anchor_value']:.3f} {line['unit']} ratio {line['ratio']:.3f}",
+            else f"{line['bench']:6s} {line['case']:24s} ours {line['ours']:.4g} "
+            f"anchor {line['anchor_value']:.4g} {line['unit']} ratio {line['ratio']:.3f}",
             flush=True,
         )
     return 0
@@ -174,7 +174,7 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_stream)
 
     s = sub.add_parser("bench", help="benchmarks, ours beside an anchor")
-    s.add_argument("what", choices=["data"])
+    s.add_argument("what", choices=["data", "flops"])
     s.add_argument("--json", action="store_true", help="one JSON object a line")
     s.add_argument("--data", help="dataset to read (default: a fresh 'small' world)")
     s.set_defaults(fn=cmd_bench)

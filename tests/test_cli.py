@@ -58,3 +58,23 @@ def test_data_bench_lines(tiny_world, ray_session):
         json.dumps(x)
     # the two-consumer split may drop a few rows to keep its parts equal
     assert 0.99 * lines[0]["crops"] <= lines[2]["crops"] <= lines[0]["crops"]
+
+
+def test_flops_bench_lines():
+    rc, out, err = run_cli("bench", "flops", "--json")
+    assert rc == 0, err
+    lines = [json.loads(x) for x in out.splitlines()]
+    assert [x["case"].split()[0] for x in lines] == [
+        "cpu-xs",
+        "cpu-s",
+        "cpu-m",
+        "cpu-l",
+        "S/16",
+        "B/8",
+        "L/8",
+        "H/8",
+        "G/8",
+    ]
+    for x in lines:
+        assert set(x) >= BENCH_KEYS and abs(x["ratio"] - 1) < 0.02
+        assert x["encoder"] + x["decoder"] == x["total"]

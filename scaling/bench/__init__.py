@@ -21,3 +21,7 @@ def run_bench(what: str, data: str | None = None):
         from scaling.bench.data import bench_data
 
         yield from bench_data(data)
+    elif what == "flops":
+        from scaling.bench.flops import bench_flops
+
+        yield from bench_flops()

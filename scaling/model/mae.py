@@ -1,0 +1,248 @@
+"""Masked autoencoder ViT for C-channel microscopy crops (after the MAE reference model).
+
+Images are self-standardised per crop and channel, cut into p x p patches, 75% of the
+patches are masked per sample (an exact count), the encoder sees the visible patches plus
+a CLS token, and a light decoder predicts every patch. Loss (ARCHITECTURE section 1):
+``(1 - w) * MSE(masked patches) + w * L1(|FFT(recon)|, |FFT(target)|)`` with w = 0.01, the
+FFT taken on images rebuilt from patches. ``embed_blocks`` returns every block's pooled
+embedding in one unmasked forward pass (ARCHITECTURE section 4).
+
+Shapes: B batch, C channels, H = W image side, p patch, N = (H / p)^2 patches,
+D encoder width, K visible patches.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scaling.model.sizes import ViTSize
+from scaling.stream.crops import self_standardize
+
+
+def sincos_2d(dim: int, grid: int, cls: bool = True) -> torch.Tensor:
+    """Fixed 2-D sin-cos position embedding: (1, [1 +] grid * grid, dim), half the dims per
+    axis; the CLS position (first, when ``cls``) is zero."""
+    if dim % 4:
+        raise ValueError(f"embedding width {dim} must be divisible by 4")
+    omega = 1.0 / 10000 ** (np.arange(dim // 4, dtype=np.float64) / (dim / 4.0))
+    ys, xs = np.meshgrid(np.arange(grid), np.arange(grid), indexing="ij")
+    parts = []
+    for pos in (ys.reshape(-1), xs.reshape(-1)):
+        out = np.einsum("m,d->md", pos.astype(np.float64), omega)
+        parts += [np.sin(out), np.cos(out)]
+    emb = np.concatenate(parts, axis=1)
+    if cls:
+        emb = np.concatenate([np.zeros((1, dim)), emb])
+    return torch.tensor(emb[None], dtype=torch.float32)  # on the default device (meta too)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int, qk_norm: bool = False):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        hd = dim // heads
+        self.q_norm = nn.LayerNorm(hd) if qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(hd) if qk_norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (B, T, D); flash/efficient kernels through SDPA where available."""
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        x = F.scaled_dot_product_attention(self.q_norm(q), self.k_norm(k), v)
+        return self.proj(x.transpose(1, 2).reshape(b, t, d))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block, optional LayerScale."""
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        mlp: int,
+        qk_norm: bool = False,
+        layer_scale: float | None = None,
+    ):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads, qk_norm)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp), nn.GELU(), nn.Linear(mlp, dim))
+        init = layer_scale or 1.0
+        self.ls1 = nn.Parameter(torch.full((dim,), init)) if layer_scale else None
+        self.ls2 = nn.Parameter(torch.full((dim,), init)) if layer_scale else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.attn(self.norm1(x))
+        x = x + (a * self.ls1 if self.ls1 is not None else a)
+        m = self.mlp(self.norm2(x))
+        return x + (m * self.ls2 if self.ls2 is not None else m)
+
+
+class MAE(nn.Module):
+    def __init__(
+        self,
+        size: ViTSize,
+        img_size: int = 64,
+        channels: int = 6,
+        mask_ratio: float = 0.75,
+        norm_pix_loss: bool = False,
+        qk_norm: bool = False,
+        layer_scale: float | None = None,
+        fourier_weight: float = 0.01,
+    ):
+        super().__init__()
+        if img_size % size.patch:
+            raise ValueError(f"image side {img_size} is not a multiple of patch {size.patch}")
+        self.size, self.img_size, self.channels = size, img_size, channels
+        self.mask_ratio, self.norm_pix_loss, self.fourier_weight = (
+            mask_ratio,
+            norm_pix_loss,
+            fourier_weight,
+        )
+        p, d, dd = size.patch, size.width, size.dec_width
+        self.grid = img_size // p
+        self.num_patches = self.grid**2
+        self.patch_embed = nn.Conv2d(channels, d, kernel_size=p, stride=p)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.register_buffer("pos_embed", sincos_2d(d, self.grid), persistent=False)
+        self.blocks = nn.ModuleList(
+            Block(d, size.heads, size.mlp, qk_norm, layer_scale) for _ in range(size.depth)
+        )
+        self.norm = nn.LayerNorm(d)
+        self.decoder_embed = nn.Linear(d, dd)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dd))
+        self.register_buffer("decoder_pos_embed", sincos_2d(dd, self.grid), persistent=False)
+        self.decoder_blocks = nn.ModuleList(
+            Block(dd, size.dec_heads, size.dec_mlp, qk_norm) for _ in range(size.dec_depth)
+        )
+        self.decoder_norm = nn.LayerNorm(dd)
+        self.decoder_pred = nn.Linear(dd, p * p * channels)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        w = self.patch_embed.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.normal_(self.cls_token, std=0.02)
+        nn.init.normal_(self.mask_token, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm) and m.elementwise_affine:
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    # --- patches -------------------------------------------------------------------------
+    def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, N, p*p*C), patches in row-major order, pixels (p, p, C)."""
+        b, c, _, _ = imgs.shape
+        p, g = self.size.patch, self.grid
+        x = imgs.reshape(b, c, g, p, g, p).permute(0, 2, 4, 3, 5, 1)
+        return x.reshape(b, g * g, p * p * c)
+
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, p*p*C) -> (B, C, H, W), the inverse of :meth:`patchify`."""
+        b = x.shape[0]
+        p, g, c = self.size.patch, self.grid, self.channels
+        x = x.reshape(b, g, g, p, p, c).permute(0, 5, 1, 3, 2, 4)
+        return x.reshape(b, c, g * p, g * p)
+
+    def random_masking(self, x: torch.Tensor, ratio: float, generator=None):
+        """Keep a random ``round(N * (1 - ratio))`` patches per sample.
+
+        x (B, N, D) -> visible (B, K, D), mask (B, N) with 1 = masked, ids_restore (B, N).
+        """
+        b, n, d = x.shape
+        keep = int(round(n * (1 - ratio)))
+        noise = torch.rand(b, n, device=x.device, generator=generator)
+        ids_shuffle = noise.argsort(dim=1)
+        ids_restore = ids_shuffle.argsort(dim=1)
+        ids_keep = ids_shuffle[:, :keep]
+        visible = x.gather(1, ids_keep[..., None].expand(-1, -1, d))
+        mask = torch.ones(b, n, device=x.device)
+        mask[:, :keep] = 0
+        return visible, mask.gather(1, ids_restore), ids_restore
+
+    # --- encoder / decoder -----------------------------------------------------------------
+    def tokens(self, imgs: torch.Tensor) -> torch.Tensor:
+        """Standardised images (B, C, H, W) -> patch tokens with positions (B, N, D)."""
+        x = self.patch_embed(imgs).flatten(2).transpose(1, 2)
+        return x + self.pos_embed[:, 1:]
+
+    def with_cls(self, x: torch.Tensor) -> torch.Tensor:
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
+        return torch.cat([cls, x], dim=1)
+
+    def forward_encoder(self, imgs: torch.Tensor, ratio: float, generator=None):
+        """(B, C, H, W) standardised -> latent (B, 1 + K, D), mask (B, N), ids_restore (B, N)."""
+        x, mask, ids_restore = self.random_masking(self.tokens(imgs), ratio, generator)
+        x = self.with_cls(x)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x), mask, ids_restore
+
+    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        """latent (B, 1 + K, D), ids_restore (B, N) -> predicted patches (B, N, p*p*C)."""
+        x = self.decoder_embed(latent)
+        b, k1, dd = x.shape
+        n = ids_restore.shape[1]
+        tokens = torch.cat([x[:, 1:], self.mask_token.expand(b, n + 1 - k1, -1)], dim=1)
+        tokens = tokens.gather(1, ids_restore[..., None].expand(-1, -1, dd))
+        x = torch.cat([x[:, :1], tokens], dim=1) + self.decoder_pos_embed
+        for blk in self.decoder_blocks:
+            x = blk(x)
+        return self.decoder_pred(self.decoder_norm(x[:, 1:]))
+
+    # --- loss --------------------------------------------------------------------------------
+    def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor):
+        """Standardised images (B, C, H, W), pred (B, N, p*p*C), mask (B, N) ->
+        (loss, {"mse": ..., "fourier": ...}), all scalars."""
+        target = self.patchify(imgs)
+        if self.norm_pix_loss:
+            mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
+            target = (target - mean) / (var + 1e-6).sqrt()
+        mse = (((pred - target) ** 2).mean(-1) * mask).sum() / mask.sum()
+        spectrum = lambda x: torch.fft.fft2(self.unpatchify(x).float(), norm="ortho").abs()  # noqa: E731
+        fourier = (spectrum(pred) - spectrum(target)).abs().mean()
+        w = self.fourier_weight
+        return (1 - w) * mse + w * fourier, {"mse": mse.detach(), "fourier": fourier.detach()}
+
+    def forward(self, imgs: torch.Tensor, generator=None):
+        """Raw crops (B, C, H, W), any dtype -> (loss, pred (B, N, p*p*C), mask (B, N))."""
+        x = self_standardize(imgs)
+        latent, mask, ids_restore = self.forward_encoder(x, self.mask_ratio, generator)
+        pred = self.forward_decoder(latent, ids_restore)
+        loss, parts = self.forward_loss(x, pred, mask)
+        self.last_parts = parts
+        return loss, pred, mask
+
+    @torch.no_grad()
+    def embed_blocks(self, imgs: torch.Tensor) -> torch.Tensor:
+        """Raw crops (B, C, H, W) -> (B, depth, D): for every block b, the mean of the patch
+        tokens (CLS excluded) after the final LayerNorm applied to block b's output, all in
+        one unmasked forward pass (ARCHITECTURE section 4)."""
+        x = self.with_cls(self.tokens(self_standardize(imgs)))
+        out = []
+        for blk in self.blocks:
+            x = blk(x)
+            out.append(self.norm(x)[:, 1:].mean(dim=1))
+        return torch.stack(out, dim=1)
+
+    def param_counts(self) -> dict[str, int]:
+        enc = sum(
+            p.numel()
+            for n, p in self.named_parameters()
+            if not n.startswith(("decoder", "mask_token"))
+        )
+        total = sum(p.numel() for p in self.parameters())
+        return {"encoder": enc, "decoder": total - enc, "total": total}
+
+
+def visible_patches(num_patches: int, ratio: float) -> int:
+    return int(round(num_patches * (1 - ratio)))
