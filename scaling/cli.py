@@ -94,6 +94,19 @@ def cmd_stream(a) -> int:
     return 0
 
 
+def cmd_pretrain(a) -> int:
+    from scaling.config import load_config
+    from scaling.train.pretrain import pretrain
+
+    cfg = load_config(a.config, a.overrides)
+    r = pretrain(cfg, resume=a.resume)
+    print(
+        f"step {r['step']}: validation loss {r['loss']:.4f}, {r['crops_seen']} crops, "
+        f"{r['flops']:.3g} FLOPs, {r['restarts']} restarts; {cfg.run.dir}/result.json"
+    )
+    return 0
+
+
 def cmd_bench(a) -> int:
     from scaling.bench import run_bench
 
@@ -172,6 +185,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--batches", type=int, default=20)
     s.add_argument("--montage", help="write the first crops as a PNG montage here")
     s.set_defaults(fn=cmd_stream)
+
+    s = sub.add_parser("pretrain", help="one DeepSpeed MAE run on Ray Train")
+    _config_args(s)
+    s.add_argument("--resume", help="a checkpoint folder to start from")
+    s.set_defaults(fn=cmd_pretrain)
 
     s = sub.add_parser("bench", help="benchmarks, ours beside an anchor")
     s.add_argument("what", choices=["data", "flops"])

@@ -12,6 +12,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import yaml
 
@@ -60,6 +61,76 @@ class DataConfig:
 
 
 @dataclass
+class ModelConfig:
+    """The MAE: a size from ``scaling.model.sizes.SIZES`` and its options."""
+
+    name: str = "cpu-xs"
+    mask_ratio: float = 0.75
+    norm_pix_loss: bool = False
+    qk_norm: bool = False
+    layer_scale: float | None = None
+    fourier_weight: float = 0.01
+
+    def validate(self) -> None:
+        from scaling.model.sizes import SIZES
+
+        if self.name not in SIZES:
+            raise InputError(f"model.name: unknown size {self.name!r} (have {', '.join(SIZES)})")
+        if not 0.0 < self.mask_ratio < 1.0:
+            raise InputError(f"model.mask_ratio: must be in (0, 1), got {self.mask_ratio}")
+        if not 0.0 <= self.fourier_weight < 1.0:
+            raise InputError(f"model.fourier_weight: must be in [0, 1), got {self.fourier_weight}")
+
+
+@dataclass
+class TrainConfig:
+    """One DeepSpeed run on Ray Train."""
+
+    steps: int = 100
+    workers: int = 2
+    cpus_per_worker: float = 0.5  # fractional, so Ray Data tasks keep CPUs on small nodes
+    use_gpu: bool = False
+    zero_stage: int = 2
+    precision: Literal["fp32", "bf16"] = "fp32"
+    optimizer: Literal["adamw", "lion"] = "adamw"
+    lr: float = 1e-3  # peak learning rate
+    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
+    warmup: float = 0.1  # share of steps spent warming up
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    val_every: int = 50
+    max_failures: int = 2
+    peak_tflops: float = 989.0  # per device, for MFU on GPU (H100 bf16 dense)
+    seed: int = 0
+
+    def validate(self) -> None:
+        for key in (
+            "steps",
+            "workers",
+            "grad_accum",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "log_every",
+            "val_every",
+        ):
+            if getattr(self, key) < 1:
+                raise InputError(f"train.{key}: must be positive, got {getattr(self, key)}")
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise InputError(f"train.zero_stage: must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if self.cpus_per_worker <= 0 or self.lr <= 0:
+            raise InputError("train.cpus_per_worker and train.lr: must be positive")
+        if not 0.0 <= self.warmup < 1.0:
+            raise InputError(f"train.warmup: must be in [0, 1), got {self.warmup}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise InputError(f"train.betas: two numbers in [0, 1), got {self.betas}")
+
+
+@dataclass
 class RunSection:
     """Where a run writes."""
 
@@ -74,6 +145,8 @@ class RunSection:
 class Config:
     world: WorldConfig = field(default_factory=WorldConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     run: RunSection = field(default_factory=RunSection)
 
     def validate(self) -> None:

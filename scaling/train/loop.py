@@ -1,0 +1,174 @@
+"""The training loop every Ray Train worker runs: DeepSpeed MAE pretraining.
+
+Per optimizer step it reports (every ``train.log_every`` steps) loss, learning rate,
+crops/s, tokens/s, cumulative crops and FLOPs (global, all workers), MFU on GPU, and the
+validation reconstruction loss on the fixed held-out tiles (every ``train.val_every``).
+Every ``train.checkpoint_every`` steps all ranks ``engine.save_checkpoint`` into a local
+folder (rank 0 adds ``state.json`` and ``model.safetensors``) and report it; a restarted
+worker group resumes from the latest one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from scaling.config import Config, _build
+from scaling.model.flops import train_flops
+from scaling.model.mae import MAE
+from scaling.model.sizes import SIZES
+from scaling.stream.pipeline import CropBatch
+from scaling.train.optim import make_optimizer, one_cycle
+
+TAG = "ds"
+
+
+def build_model(cfg: Config) -> MAE:
+    m = cfg.model
+    return MAE(
+        SIZES[m.name],
+        img_size=cfg.data.crop,
+        mask_ratio=m.mask_ratio,
+        norm_pix_loss=m.norm_pix_loss,
+        qk_norm=m.qk_norm,
+        layer_scale=m.layer_scale,
+        fourier_weight=m.fourier_weight,
+    )
+
+
+def deepspeed_config(cfg: Config, world: int) -> dict:
+    t = cfg.train
+    return {
+        "train_micro_batch_size_per_gpu": cfg.data.batch_size,
+        "gradient_accumulation_steps": t.grad_accum,
+        "train_batch_size": cfg.data.batch_size * t.grad_accum * world,
+        "gradient_clipping": t.grad_clip,
+        "zero_optimization": {"stage": t.zero_stage},
+        "zero_allow_untested_optimizer": True,  # our AdamW / Lion are plain torch optimizers
+        "bf16": {"enabled": t.precision == "bf16"},
+        "steps_per_print": 10**9,
+    }
+
+
+@torch.no_grad()
+def validation_loss(engine, tiles: torch.Tensor, batch: int, seed: int) -> float:
+    """Mean reconstruction loss on the fixed tiles, with fixed masks (comparable over time)."""
+    engine.eval()
+    g = torch.Generator(device=tiles.device).manual_seed(seed)
+    total = 0.0
+    for i in range(0, len(tiles), batch):
+        x = tiles[i : i + batch]
+        loss, _, _ = engine(x, generator=g)
+        total += loss.float().item() * len(x)
+    engine.train()
+    return total / len(tiles)
+
+
+def train_loop(config: dict) -> None:
+    cfg = _build(Config, config["cfg"], "", "train_loop_config")
+    t = cfg.train
+    if not t.use_gpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+    import ray.train
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(t.seed)
+    model = build_model(cfg)
+    optimizer = make_optimizer(model, t)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, one_cycle(t.steps, t.warmup, t.min_lr_ratio)
+    )
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=schedule,
+        config=deepspeed_config(cfg, world),
+        dist_init_required=False,
+    )
+
+    state = {"step": 0, "crops_seen": 0, "flops": 0, "restarts": 0}
+    ckpt = ray.train.get_checkpoint()
+    restarted = ckpt is not None
+    if ckpt is None and config.get("resume"):
+        ckpt = ray.train.Checkpoint(config["resume"])
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            engine.load_checkpoint(d, tag=TAG)
+            state = json.loads((Path(d) / "state.json").read_text())
+        state["restarts"] += int(restarted)
+
+    size, crop = SIZES[cfg.model.name], cfg.data.crop
+    flops_per_crop = train_flops(size, crop, mask_ratio=cfg.model.mask_ratio)
+    patches = (crop // size.patch) ** 2
+    dtype = torch.bfloat16 if t.precision == "bf16" else torch.float32
+    val = torch.from_numpy(config["val_tiles"]).to(device)
+    shard = ray.train.get_dataset_shard("train")
+    micro, window = 0, (time.perf_counter(), state["crops_seen"])
+
+    def report(final: bool = False) -> None:
+        nonlocal window
+        s = state["step"]
+        now = time.perf_counter()
+        crops_per_s = (state["crops_seen"] - window[1]) / max(now - window[0], 1e-9)
+        window = (now, state["crops_seen"])
+        metrics = {
+            **state,
+            "loss": last_loss,
+            "lr": schedule.get_last_lr()[0],
+            "crops_per_s": crops_per_s,
+            "tokens_per_s": crops_per_s * patches,
+        }
+        if t.use_gpu:
+            metrics["mfu"] = crops_per_s * flops_per_crop / (t.peak_tflops * 1e12 * world)
+        if final or s % t.val_every == 0:
+            metrics["val_loss"] = validation_loss(engine, val, cfg.data.batch_size, t.seed)
+        if final or s % t.checkpoint_every == 0:
+            d = tempfile.mkdtemp(prefix="ckpt-")
+            engine.save_checkpoint(d, tag=TAG)
+            if rank == 0:
+                (Path(d) / "state.json").write_text(json.dumps(state))
+                if t.zero_stage < 3:
+                    from safetensors.torch import save_file
+
+                    weights = {
+                        k: v.detach().cpu().contiguous()
+                        for k, v in engine.module.state_dict().items()
+                    }
+                    save_file(weights, str(Path(d) / "model.safetensors"))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+            shutil.rmtree(d, ignore_errors=True)
+        else:
+            ray.train.report(metrics)
+
+    last_loss = float("nan")
+    while state["step"] < t.steps:
+        for batch in shard.iter_torch_batches(
+            batch_size=cfg.data.batch_size, collate_fn=CropBatch(), device=device
+        ):
+            x = batch["crop"]
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                loss, _, _ = engine(x)
+            engine.backward(loss)
+            engine.step()
+            micro += 1
+            if micro % t.grad_accum:
+                continue
+            state["step"] += 1
+            n = len(x) * t.grad_accum * world
+            state["crops_seen"] += n
+            state["flops"] += flops_per_crop * n
+            last_loss = float(loss.detach().float().item())
+            final = state["step"] >= t.steps
+            if final or state["step"] % min(t.log_every, t.checkpoint_every, t.val_every) == 0:
+                report(final)
+            if final:
+                break

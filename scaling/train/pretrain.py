@@ -1,0 +1,111 @@
+"""``scaling pretrain``: one DeepSpeed MAE run on Ray Train, from a validated config.
+
+The driver checks the configuration and the data before asking Ray for workers, makes the
+configured synthetic world under ``run.dir`` when ``data.path`` is unset, plans the crop
+stream for enough epochs, and runs ``TorchTrainer`` with ``FailureConfig`` (a crashed
+worker restarts the group, which resumes from the latest checkpoint) and
+``CheckpointConfig`` (keep the last K). Ray's storage goes under ``run.dir``; at the end
+``run.dir/result.json`` holds ``step, loss (final validation loss), flops, crops_seen,
+restarts`` and the checkpoint path.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from scaling.config import Config, to_dict
+from scaling.errors import InputError
+from scaling.model.sizes import SIZES
+from scaling.parallel import init_ray
+from scaling.shards.dataset import open_dataset
+from scaling.shards.format import KEY_COLUMNS
+from scaling.stream.crops import held_out, site_ids
+from scaling.stream.pipeline import crop_stream, validation_tiles
+
+
+def training_sites(ds, cfg: Config) -> int:
+    """Sites the training stream yields per epoch (selection and hold-out applied)."""
+    selected = ds.selected_keys()
+    n = 0
+    for f in ds.files:
+        t = pq.read_table(f, columns=KEY_COLUMNS + ["site"])
+        keep = ~held_out(site_ids(t), cfg.data.seed, cfg.data.val_fraction)
+        if selected is not None:
+            keys = [
+                "/".join(k)
+                for k in zip(*(t.column(c).to_pylist() for c in KEY_COLUMNS), strict=True)
+            ]
+            keep &= [k in selected for k in keys]
+        n += int(keep.sum())
+    return n
+
+
+def pretrain(cfg: Config, resume: str | None = None) -> dict:
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from scaling.train.loop import train_loop
+
+    size = SIZES[cfg.model.name]
+    if cfg.data.crop % size.patch:
+        raise InputError(
+            f"data.crop: {cfg.data.crop} is not a multiple of {cfg.model.name}'s "
+            f"patch ({size.patch})"
+        )
+    run_dir = Path(cfg.run.dir).resolve()
+    if resume is not None and not Path(resume).is_dir():
+        raise InputError(f"--resume: no checkpoint folder {resume}")
+    data = cfg.data.path
+    if data is None:
+        data = str(run_dir / "world")
+        if not (Path(data) / "world.json").is_file():
+            from scaling.world.synth import synthesize
+
+            synthesize(data, preset=cfg.world.preset, seed=cfg.world.seed, overwrite=True)
+    ds = open_dataset(data)
+    val = validation_tiles(ds, cfg.data)  # also checks crop against the site size
+    per_epoch = training_sites(ds, cfg) * cfg.data.crops_per_site
+    if per_epoch == 0:
+        raise InputError(f"{data}: no training sites after the hold-out and the selection")
+    needed = cfg.train.steps * cfg.data.batch_size * cfg.train.grad_accum * cfg.train.workers
+    epochs = math.ceil(needed / per_epoch) + 1
+
+    init_ray()
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"cfg": to_dict(cfg), "val_tiles": val, "resume": resume},
+        scaling_config=ScalingConfig(
+            num_workers=cfg.train.workers,
+            use_gpu=cfg.train.use_gpu,
+            resources_per_worker={"CPU": cfg.train.cpus_per_worker},
+        ),
+        datasets={"train": crop_stream(ds, cfg.data, epochs=epochs)},
+        run_config=RunConfig(
+            storage_path=str(run_dir),
+            name="ray",
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+        ),
+    )
+    result = trainer.fit()
+    m = result.metrics
+    out = {
+        "step": m["step"],
+        "loss": m["val_loss"],
+        "train_loss": m["loss"],
+        "flops": m["flops"],
+        "crops_seen": m["crops_seen"],
+        "restarts": m["restarts"],
+        "model": cfg.model.name,
+        "checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "data": str(data),
+    }
+    tmp = run_dir / ".result.json.tmp"
+    tmp.write_text(json.dumps(out, indent=2) + "\n")
+    os.replace(tmp, run_dir / "result.json")
+    return out
