@@ -1,0 +1,96 @@
+"""``ray job submit`` end to end: a real local head, the pretraining job, the head stopped.
+
+The head gets its own temp dir, ports and a marker in its environment, and only its
+processes are stopped (``ray stop`` would also stop the test session's Ray instance)."""
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def processes_of(marker: str) -> list[int]:
+    """Processes whose environment carries ``SCALING_TEST_HEAD=marker``: everything the head
+    started, whatever it renamed itself to."""
+    tag = f"SCALING_TEST_HEAD={marker}".encode()
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            found = tag in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if found and int(pid) != os.getpid():
+            pids.append(int(pid))
+    return pids
+
+
+def stop_head(marker: str) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in processes_of(marker):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        time.sleep(2)
+
+
+def test_ray_job_submit_runs_pretrain(tmp_path):
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}  # Ray 2.60 local clusters require a token
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # the venv's python
+    env.pop("RAY_ADDRESS", None)
+    temp = tempfile.mkdtemp(prefix="rayhead", dir="/tmp")
+    env["SCALING_TEST_HEAD"] = temp
+    dash = free_port()
+    start = [
+        RAY,
+        "start",
+        "--head",
+        f"--port={free_port()}",
+        f"--dashboard-port={dash}",
+        "--node-ip-address=127.0.0.1",
+        "--dashboard-host=127.0.0.1",
+        "--num-cpus=2",
+        f"--temp-dir={temp}",
+        "--disable-usage-stats",
+    ]
+    subprocess.run(start, env=env, check=True, capture_output=True, timeout=120)
+    try:
+        submit = [
+            RAY,
+            "job",
+            "submit",
+            "--address",
+            f"http://127.0.0.1:{dash}",
+            "--working-dir",
+            str(ROOT),
+            "--",
+            "python",
+            "jobs/pretrain.py",
+            "--config",
+            "jobs/configs/smoke.yaml",
+            "--set",
+            f"run.dir={tmp_path}",
+            "--set",
+            "train.steps=10",
+        ]
+        p = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+        assert "succeeded" in p.stdout + p.stderr
+        result = json.loads((tmp_path / "result.json").read_text())
+        assert result["step"] == 10 and result["crops_seen"] == 10 * 16 * 2
+    finally:
+        stop_head(temp)
+    assert processes_of(temp) == []
