@@ -100,3 +100,54 @@ def test_two_worker_zero2_run_learns(tiny_world, tmp_path, ray_session):
     after = validation_loss(Engine(trained), tiles, batch, cfg.train.seed)
     assert after == pytest.approx(r["loss"], rel=1e-4)  # the run's own final validation loss
     assert after < 0.95 * before
+
+
+def test_fault_drill_a_killed_worker_resumes_from_the_checkpoint(tiny_world, tmp_path, ray_session):
+    """Kill one training worker once Ray Train has registered the first checkpoint: the group
+    restarts, resumes from that checkpoint and finishes at the target step with nothing
+    lost or repeated."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from scaling.train.pretrain import pretrain
+
+    steps, every = 40, 10
+    cfg = load_config(
+        ROOT / "jobs/configs/smoke.yaml",
+        [
+            f"data.path={tiny_world}",
+            f"run.dir={tmp_path}",
+            f"train.steps={steps}",
+            f"train.checkpoint_every={every}",
+            f"train.val_every={every}",
+            "train.log_every=5",
+        ],
+    )
+    killed = []
+
+    def kill_after_first_checkpoint():
+        deadline = time.time() + 300
+        while time.time() < deadline and not killed:
+            snapshot = tmp_path / "ray" / "checkpoint_manager_snapshot.json"
+            if snapshot.is_file() and json.loads(snapshot.read_text())["checkpoint_results"]:
+                for pid in filter(str.isdigit, os.listdir("/proc")):
+                    try:
+                        name = Path(f"/proc/{pid}/cmdline").read_bytes()
+                    except OSError:
+                        continue
+                    if name.startswith(b"ray::RayTrainWorker"):
+                        os.kill(int(pid), signal.SIGKILL)
+                        killed.append(int(pid))
+                        return
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
+    watcher.start()
+    r = pretrain(cfg)
+    watcher.join(timeout=1)
+    assert killed, "no training worker was found to kill"
+    assert r["step"] == steps and r["restarts"] >= 1
+    # the resumed run counts from the checkpoint: no step lost or counted twice
+    assert r["crops_seen"] == steps * 16 * 2
