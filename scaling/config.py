@@ -70,6 +70,7 @@ class ModelConfig:
     qk_norm: bool = False
     layer_scale: float | None = None
     fourier_weight: float = 0.01
+    grad_checkpoint: bool = False  # activation checkpointing, for the large sizes
 
     def validate(self) -> None:
         from scaling.model.sizes import SIZES

@@ -151,3 +151,65 @@ def test_fault_drill_a_killed_worker_resumes_from_the_checkpoint(tiny_world, tmp
     assert r["step"] == steps and r["restarts"] >= 1
     # the resumed run counts from the checkpoint: no step lost or counted twice
     assert r["crops_seen"] == steps * 16 * 2
+
+
+GPU_PARAMS = {
+    "gpu-s16": ("S/16", 22e6),
+    "gpu-b8": ("B/8", 86e6),
+    "gpu-l8": ("L/8", 304e6),
+    "gpu-g8": ("G/8", 1.84e9),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GPU_PARAMS))
+def test_gpu_configs_are_valid_without_a_gpu(name):
+    from scaling.train.loop import check_deepspeed_config, deepspeed_config
+
+    cfg = load_config(ROOT / "jobs" / "configs" / f"{name}.yaml")
+    size, params = GPU_PARAMS[name]
+    assert cfg.model.name == size and cfg.train.use_gpu and cfg.train.precision == "bf16"
+    assert cfg.train.zero_stage in (2, 3) and cfg.data.crop == 256
+    check_deepspeed_config(cfg)  # DeepSpeed parses it
+    ds = deepspeed_config(cfg, world=cfg.train.workers)
+    assert ds["train_batch_size"] == cfg.data.batch_size * cfg.train.workers
+    assert ds["bf16"]["enabled"] and ds["zero_optimization"]["stage"] == cfg.train.zero_stage
+    with torch.device("meta"):
+        model = build_model(cfg)
+    enc = model.param_counts()["encoder"]
+    assert abs(enc - params) / params < 0.03
+    assert model.grad_checkpoint == (size in ("L/8", "G/8"))  # the large ones recompute
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    from scaling.model.mae import MAE
+
+    imgs = torch.randint(0, 255, (2, 6, 64, 64), dtype=torch.uint8)
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        m = MAE(SIZES["cpu-s"], grad_checkpoint=ckpt)
+        loss, _, _ = m(imgs, generator=torch.Generator().manual_seed(1))
+        loss.backward()
+        grads.append(torch.cat([p.grad.flatten() for p in m.parameters()]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_zero3_run_saves_whole_weights(tiny_world, tmp_path, ray_session):
+    from scaling.model.mae import MAE
+    from scaling.train.pretrain import pretrain
+
+    cfg = load_config(
+        ROOT / "jobs/configs/smoke.yaml",
+        [
+            f"data.path={tiny_world}",
+            f"run.dir={tmp_path}",
+            "train.steps=6",
+            "train.zero_stage=3",
+            "train.checkpoint_every=6",
+            "train.val_every=6",
+        ],
+    )
+    r = pretrain(cfg)
+    assert r["step"] == 6
+    weights = load_file(str(Path(r["checkpoint"]) / "model.safetensors"))
+    MAE(SIZES["cpu-xs"]).load_state_dict(weights)  # full shapes, not ZeRO-3 partitions

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from scaling.model.sizes import ViTSize
@@ -95,8 +96,10 @@ class MAE(nn.Module):
         qk_norm: bool = False,
         layer_scale: float | None = None,
         fourier_weight: float = 0.01,
+        grad_checkpoint: bool = False,
     ):
         super().__init__()
+        self.grad_checkpoint = grad_checkpoint  # recompute block activations in backward
         if img_size % size.patch:
             raise ValueError(f"image side {img_size} is not a multiple of patch {size.patch}")
         self.size, self.img_size, self.channels = size, img_size, channels
@@ -182,9 +185,7 @@ class MAE(nn.Module):
     def forward_encoder(self, imgs: torch.Tensor, ratio: float, generator=None):
         """(B, C, H, W) standardised -> latent (B, 1 + K, D), mask (B, N), ids_restore (B, N)."""
         x, mask, ids_restore = self.random_masking(self.tokens(imgs), ratio, generator)
-        x = self.with_cls(x)
-        for blk in self.blocks:
-            x = blk(x)
+        x = self.run_blocks(self.blocks, self.with_cls(x))
         return self.norm(x), mask, ids_restore
 
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
@@ -195,9 +196,17 @@ class MAE(nn.Module):
         tokens = torch.cat([x[:, 1:], self.mask_token.expand(b, n + 1 - k1, -1)], dim=1)
         tokens = tokens.gather(1, ids_restore[..., None].expand(-1, -1, dd))
         x = torch.cat([x[:, :1], tokens], dim=1) + self.decoder_pos_embed
-        for blk in self.decoder_blocks:
-            x = blk(x)
+        x = self.run_blocks(self.decoder_blocks, x)
         return self.decoder_pred(self.decoder_norm(x[:, 1:]))
+
+    def run_blocks(self, blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) through ``blocks``, with activation checkpointing when training with it."""
+        for blk in blocks:
+            if self.grad_checkpoint and self.training and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = blk(x)
+        return x
 
     # --- loss --------------------------------------------------------------------------------
     def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor):

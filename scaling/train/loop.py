@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -39,6 +40,7 @@ def build_model(cfg: Config) -> MAE:
         qk_norm=m.qk_norm,
         layer_scale=m.layer_scale,
         fourier_weight=m.fourier_weight,
+        grad_checkpoint=m.grad_checkpoint,
     )
 
 
@@ -56,6 +58,18 @@ def deepspeed_config(cfg: Config, world: int) -> dict:
     }
 
 
+def check_deepspeed_config(cfg: Config) -> None:
+    """Let DeepSpeed parse our config (one process's view) before any worker starts."""
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    from scaling.errors import InputError
+
+    try:
+        DeepSpeedConfig(deepspeed_config(cfg, world=1))
+    except Exception as e:  # DeepSpeed raises assertions and pydantic errors alike
+        raise InputError(f"train: DeepSpeed rejects the configuration ({str(e)[:200]})") from None
+
+
 @torch.no_grad()
 def validation_loss(engine, tiles: torch.Tensor, batch: int, seed: int) -> float:
     """Mean reconstruction loss on the fixed tiles, with fixed masks (comparable over time)."""
@@ -68,6 +82,22 @@ def validation_loss(engine, tiles: torch.Tensor, batch: int, seed: int) -> float
         total += loss.float().item() * len(x)
     engine.train()
     return total / len(tiles)
+
+
+def full_weights(engine, zero_stage: int, rank: int) -> dict | None:
+    """The whole model's weights on rank 0 (ZeRO-3 partitions are gathered; every rank must
+    call this), fp32 on the CPU, for safetensors."""
+    import deepspeed
+
+    params = list(engine.module.parameters())
+    gather = deepspeed.zero.GatheredParameters(params) if zero_stage == 3 else nullcontext()
+    with gather:
+        if rank != 0:
+            return None
+        return {
+            k: v.detach().float().cpu().contiguous().clone()
+            for k, v in engine.module.state_dict().items()
+        }
 
 
 def train_loop(config: dict) -> None:
@@ -134,16 +164,12 @@ def train_loop(config: dict) -> None:
         if final or s % t.checkpoint_every == 0:
             d = tempfile.mkdtemp(prefix="ckpt-")
             engine.save_checkpoint(d, tag=TAG)
+            weights = full_weights(engine, t.zero_stage, rank)
             if rank == 0:
-                (Path(d) / "state.json").write_text(json.dumps(state))
-                if t.zero_stage < 3:
-                    from safetensors.torch import save_file
+                from safetensors.torch import save_file
 
-                    weights = {
-                        k: v.detach().cpu().contiguous()
-                        for k, v in engine.module.state_dict().items()
-                    }
-                    save_file(weights, str(Path(d) / "model.safetensors"))
+                (Path(d) / "state.json").write_text(json.dumps(state))
+                save_file(weights, str(Path(d) / "model.safetensors"))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
             shutil.rmtree(d, ignore_errors=True)
         else:

@@ -49,8 +49,9 @@ def pretrain(cfg: Config, resume: str | None = None) -> dict:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from scaling.train.loop import train_loop
+    from scaling.train.loop import check_deepspeed_config, train_loop
 
+    check_deepspeed_config(cfg)
     size = SIZES[cfg.model.name]
     if cfg.data.crop % size.patch:
         raise InputError(
