@@ -229,3 +229,23 @@ def test_ray_train_workers_share_the_stream(tiny_world, tmp_path, ray_session):
     assert set(seen) == set(full) and all(seen[i] <= full[i] for i in full)
     assert sum(full.values()) - sum(seen.values()) <= 0.01 * sum(full.values())
     assert len(a) == len(b)
+
+
+def test_tasks_within_counts_whole_leading_tasks(tiny_world, monkeypatch):
+    from scaling.stream import pipeline
+
+    monkeypatch.setattr(pipeline, "TASK_BYTES", 1)  # one part per task
+    ds = open_dataset(tiny_world)
+    parts = pipeline.plan_parts(ds)
+    crops = dict(
+        zip([(p, tuple(g)) for p, g, _ in parts], pipeline.part_crops(ds, CFG, parts), strict=True)
+    )
+    items = pipeline.plan_tasks(parts, CFG.seed, 2)
+    sizes = [crops[(it["paths"][0], tuple(it["groups"][0]))] for it in items]
+    first_two = sizes[0] + sizes[1]
+    assert pipeline.tasks_within(ds, CFG, 2, 0) == 0
+    assert pipeline.tasks_within(ds, CFG, 2, first_two) == 2
+    assert pipeline.tasks_within(ds, CFG, 2, first_two - 1) == 1
+    assert pipeline.tasks_within(ds, CFG, 2, sum(sizes)) == len(items)
+    # the per-part counts are what the stream really yields
+    assert sum(sizes[: len(parts)]) == len(collect(crop_stream(tiny_world, CFG))[1])

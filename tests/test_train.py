@@ -213,3 +213,34 @@ def test_zero3_run_saves_whole_weights(tiny_world, tmp_path, ray_session):
     assert r["step"] == 6
     weights = load_file(str(Path(r["checkpoint"]) / "model.safetensors"))
     MAE(SIZES["cpu-xs"]).load_state_dict(weights)  # full shapes, not ZeRO-3 partitions
+
+
+def test_resume_continues_step_schedule_and_data_position(tiny_world, tmp_path, ray_session):
+    """Resume a 20-step run from its step-10 checkpoint: it trains the remaining 10 steps
+    (not 20), the schedule ends where the straight run's ends, the stream restarts near the
+    consumed position, and the result matches the straight run within noise."""
+    from scaling.train.pretrain import pretrain
+
+    sets = [
+        f"data.path={tiny_world}",
+        "train.steps=20",
+        "train.checkpoint_every=10",
+        "train.val_every=10",
+    ]
+    straight = pretrain(
+        load_config(ROOT / "jobs/configs/smoke.yaml", sets + [f"run.dir={tmp_path / 'a'}"])
+    )
+    snapshot = json.loads((tmp_path / "a" / "ray" / "checkpoint_manager_snapshot.json").read_text())
+    at10 = [
+        c["checkpoint_dir_name"]
+        for c in snapshot["checkpoint_results"]
+        if c["metrics"]["step"] == 10
+    ]
+    assert at10
+    resumed = pretrain(
+        load_config(ROOT / "jobs/configs/smoke.yaml", sets + [f"run.dir={tmp_path / 'b'}"]),
+        resume=str(tmp_path / "a" / "ray" / at10[0]),
+    )
+    assert resumed["step"] == 20 and resumed["crops_seen"] == straight["crops_seen"]
+    assert resumed["lr"] == pytest.approx(straight["lr"], abs=1e-12)  # schedule position
+    assert resumed["loss"] == pytest.approx(straight["loss"], rel=0.05)

@@ -34,7 +34,7 @@ from ray.data.extensions import ArrowTensorTypeV2
 
 from scaling.config import DataConfig
 from scaling.errors import InputError
-from scaling.shards.dataset import Dataset, open_dataset
+from scaling.shards.dataset import Dataset, open_dataset, well_keys
 from scaling.shards.format import KEY_COLUMNS
 from scaling.stream.crops import GEOMETRY, crop_table, decode_sites, grid_tiles, held_out, site_ids
 
@@ -163,6 +163,36 @@ def crop_kwargs(cfg: DataConfig, channels: int, dtype: str, selected=None) -> di
         seed=cfg.seed,
         selected=None if selected is None else frozenset(selected),
     )
+
+
+def part_crops(ds: Dataset, cfg: DataConfig, parts: list) -> list[int]:
+    """Training crops each part yields per epoch (hold-out and selection applied)."""
+    selected = ds.selected_keys()
+    out = []
+    for path, groups, _ in parts:
+        t = pq.ParquetFile(path).read_row_groups(groups, columns=KEY_COLUMNS + ["site"])
+        keep = ~held_out(site_ids(t), cfg.seed, cfg.val_fraction)
+        if selected is not None:
+            keep &= np.array([k in selected for k in well_keys(t).to_pylist()], bool)
+        out.append(int(keep.sum()) * cfg.crops_per_site)
+    return out
+
+
+def tasks_within(ds: Dataset, cfg: DataConfig, epochs: int, crops: int) -> int:
+    """How many leading tasks of the stream fit in its first ``crops`` crops: the ``start``
+    that resumes a run as near its data position as task boundaries allow."""
+    parts = plan_parts(ds)
+    index = {
+        (p, tuple(g)): n for (p, g, _), n in zip(parts, part_crops(ds, cfg, parts), strict=True)
+    }
+    total = 0
+    for k, item in enumerate(plan_tasks(parts, cfg.seed, epochs)):
+        total += sum(
+            index[(p, tuple(g))] for p, g in zip(item["paths"], item["groups"], strict=True)
+        )
+        if total > crops:
+            return k
+    return k + 1
 
 
 def crop_stream(data, cfg: DataConfig, epochs: int = 1, start: int = 0) -> ray.data.Dataset:

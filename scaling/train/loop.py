@@ -143,6 +143,9 @@ def train_loop(config: dict) -> None:
     val = torch.from_numpy(config["val_tiles"]).to(device)
     shard = ray.train.get_dataset_shard("train")
     micro, window = 0, (time.perf_counter(), state["crops_seen"])
+    # after a restart inside this fit the stream begins again where the fit began: skip
+    # (without training) this worker's share of what the checkpoint had already consumed
+    skip = (state["crops_seen"] - config.get("crops_at_start", 0)) // world
 
     def report(final: bool = False) -> None:
         nonlocal window
@@ -181,6 +184,9 @@ def train_loop(config: dict) -> None:
             batch_size=cfg.data.batch_size, collate_fn=CropBatch(), device=device
         ):
             x = batch["crop"]
+            if skip > 0:
+                skip -= len(x)
+                continue
             with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
                 loss, _, _ = engine(x)
             engine.backward(loss)

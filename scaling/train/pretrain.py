@@ -16,33 +16,18 @@ import math
 import os
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from scaling.config import Config, to_dict
 from scaling.errors import InputError
 from scaling.model.sizes import SIZES
 from scaling.parallel import init_ray
 from scaling.shards.dataset import open_dataset
-from scaling.shards.format import KEY_COLUMNS
-from scaling.stream.crops import held_out, site_ids
-from scaling.stream.pipeline import crop_stream, validation_tiles
-
-
-def training_sites(ds, cfg: Config) -> int:
-    """Sites the training stream yields per epoch (selection and hold-out applied)."""
-    selected = ds.selected_keys()
-    n = 0
-    for f in ds.files:
-        t = pq.read_table(f, columns=KEY_COLUMNS + ["site"])
-        keep = ~held_out(site_ids(t), cfg.data.seed, cfg.data.val_fraction)
-        if selected is not None:
-            keys = [
-                "/".join(k)
-                for k in zip(*(t.column(c).to_pylist() for c in KEY_COLUMNS), strict=True)
-            ]
-            keep &= [k in selected for k in keys]
-        n += int(keep.sum())
-    return n
+from scaling.stream.pipeline import (
+    crop_stream,
+    part_crops,
+    plan_parts,
+    tasks_within,
+    validation_tiles,
+)
 
 
 def pretrain(cfg: Config, resume: str | None = None) -> dict:
@@ -70,22 +55,30 @@ def pretrain(cfg: Config, resume: str | None = None) -> dict:
             synthesize(data, preset=cfg.world.preset, seed=cfg.world.seed, overwrite=True)
     ds = open_dataset(data)
     val = validation_tiles(ds, cfg.data)  # also checks crop against the site size
-    per_epoch = training_sites(ds, cfg) * cfg.data.crops_per_site
+    per_epoch = sum(part_crops(ds, cfg.data, plan_parts(ds)))
     if per_epoch == 0:
         raise InputError(f"{data}: no training sites after the hold-out and the selection")
     needed = cfg.train.steps * cfg.data.batch_size * cfg.train.grad_accum * cfg.train.workers
     epochs = math.ceil(needed / per_epoch) + 1
+    # a resumed run starts the stream at the task where its checkpoint left off
+    done = json.loads((Path(resume) / "state.json").read_text())["crops_seen"] if resume else 0
+    start = tasks_within(ds, cfg.data, epochs, done)
 
     init_ray()
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"cfg": to_dict(cfg), "val_tiles": val, "resume": resume},
+        train_loop_config={
+            "cfg": to_dict(cfg),
+            "val_tiles": val,
+            "resume": resume,
+            "crops_at_start": done,
+        },
         scaling_config=ScalingConfig(
             num_workers=cfg.train.workers,
             use_gpu=cfg.train.use_gpu,
             resources_per_worker={"CPU": cfg.train.cpus_per_worker},
         ),
-        datasets={"train": crop_stream(ds, cfg.data, epochs=epochs)},
+        datasets={"train": crop_stream(ds, cfg.data, epochs=epochs, start=start)},
         run_config=RunConfig(
             storage_path=str(run_dir),
             name="ray",
@@ -99,6 +92,7 @@ def pretrain(cfg: Config, resume: str | None = None) -> dict:
         "step": m["step"],
         "loss": m["val_loss"],
         "train_loss": m["loss"],
+        "lr": m["lr"],
         "flops": m["flops"],
         "crops_seen": m["crops_seen"],
         "restarts": m["restarts"],
