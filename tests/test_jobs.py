@@ -54,12 +54,18 @@ def test_ray_job_submit_runs_pretrain(tmp_path):
     temp = tempfile.mkdtemp(prefix="rayhead", dir="/tmp")
     env["SCALING_TEST_HEAD"] = temp
     dash = free_port()
+    # every port of its own: the test session's Ray instance holds the default ones
     start = [
         RAY,
         "start",
         "--head",
         f"--port={free_port()}",
         f"--dashboard-port={dash}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
+        f"--ray-client-server-port={free_port()}",
         "--node-ip-address=127.0.0.1",
         "--dashboard-host=127.0.0.1",
         "--num-cpus=2",

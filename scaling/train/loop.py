@@ -200,7 +200,8 @@ def train_loop(config: dict) -> None:
             state["flops"] += flops_per_crop * n
             last_loss = float(loss.detach().float().item())
             final = state["step"] >= t.steps
-            if final or state["step"] % min(t.log_every, t.checkpoint_every, t.val_every) == 0:
+            cadence = (t.log_every, t.checkpoint_every, t.val_every)
+            if final or any(state["step"] % k == 0 for k in cadence):
                 report(final)
             if final:
                 break
