@@ -26,7 +26,7 @@ import numpy as np
 import ray
 
 from scaling.errors import InputError
-from scaling.parallel import parallel_map
+from scaling.parallel import init_ray, parallel_map
 from scaling.shards.format import site_table, write_atomic
 from scaling.world.biology import N_FEATURES, Biology, make_biology
 from scaling.world.layout import Plate, make_layout
@@ -78,7 +78,8 @@ def synthesize(
         bio.relationships_table().to_parquet(tmp / "truth" / "relationships.parquet", index=False)
         sites = 0
         if spec.images:
-            bio_ref = ray.put(bio) if _ray_ready() else bio
+            init_ray()
+            bio_ref = ray.put(bio)  # one copy in the object store, shared by every plate task
             jobs = [
                 (p, spec, bio_ref, seed, str(tmp / "shards" / f"{p.plate}.parquet")) for p in plates
             ]
@@ -104,10 +105,3 @@ def synthesize(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return summary
-
-
-def _ray_ready() -> bool:
-    from scaling.parallel import init_ray
-
-    init_ray()
-    return True
