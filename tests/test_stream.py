@@ -237,15 +237,18 @@ def test_tasks_within_counts_whole_leading_tasks(tiny_world, monkeypatch):
     monkeypatch.setattr(pipeline, "TASK_BYTES", 1)  # one part per task
     ds = open_dataset(tiny_world)
     parts = pipeline.plan_parts(ds)
-    crops = dict(
-        zip([(p, tuple(g)) for p, g, _ in parts], pipeline.part_crops(ds, CFG, parts), strict=True)
-    )
+    counts = pipeline.part_crops(ds, CFG, parts)
+    crops = dict(zip([(p, tuple(g)) for p, g, _ in parts], counts, strict=True))
     items = pipeline.plan_tasks(parts, CFG.seed, 2)
     sizes = [crops[(it["paths"][0], tuple(it["groups"][0]))] for it in items]
     first_two = sizes[0] + sizes[1]
-    assert pipeline.tasks_within(ds, CFG, 2, 0) == 0
-    assert pipeline.tasks_within(ds, CFG, 2, first_two) == 2
-    assert pipeline.tasks_within(ds, CFG, 2, first_two - 1) == 1
-    assert pipeline.tasks_within(ds, CFG, 2, sum(sizes)) == len(items)
+
+    def within(done):
+        return pipeline.tasks_within(parts, counts, CFG.seed, 2, done)
+
+    assert within(0) == 0
+    assert within(first_two) == 2
+    assert within(first_two - 1) == 1
+    assert within(sum(sizes)) == len(items)
     # the per-part counts are what the stream really yields
     assert sum(sizes[: len(parts)]) == len(collect(crop_stream(tiny_world, CFG))[1])

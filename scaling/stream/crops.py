@@ -56,6 +56,16 @@ def decode_sites(table: pa.Table, rows=None) -> list[np.ndarray]:
     return [views[i].view(d[i]).reshape(c[i], h[i], w[i]) for i in rows]
 
 
+def training_rows(
+    table: pa.Table, ids: np.ndarray, seed: int, val_fraction: float, selected=None
+) -> np.ndarray:
+    """Which site rows the training stream keeps: not held out, and in the selection."""
+    keep = ~held_out(ids, seed, val_fraction)
+    if selected is not None:
+        keep &= np.fromiter((k in selected for k in well_keys(table).to_pylist()), bool, len(ids))
+    return keep
+
+
 def crop_table(
     table: pa.Table,
     rng: np.random.Generator,
@@ -74,10 +84,7 @@ def crop_table(
     into a shuffled slot (the batch-level shuffle costs no extra copy).
     """
     ids = site_ids(table)
-    keep = ~held_out(ids, seed, val_fraction)
-    if selected is not None:
-        keep &= np.fromiter((k in selected for k in well_keys(table).to_pylist()), bool, len(ids))
-    rows = np.flatnonzero(keep)
+    rows = np.flatnonzero(training_rows(table, ids, seed, val_fraction, selected))
     n = len(rows) * crops_per_site
     out = np.empty((n, channels, crop, crop), dtype=dtype)
     slot = rng.permutation(n)

@@ -34,9 +34,17 @@ from ray.data.extensions import ArrowTensorTypeV2
 
 from scaling.config import DataConfig
 from scaling.errors import InputError
-from scaling.shards.dataset import Dataset, open_dataset, well_keys
+from scaling.shards.dataset import Dataset, open_dataset
 from scaling.shards.format import KEY_COLUMNS
-from scaling.stream.crops import GEOMETRY, crop_table, decode_sites, grid_tiles, held_out, site_ids
+from scaling.stream.crops import (
+    GEOMETRY,
+    crop_table,
+    decode_sites,
+    grid_tiles,
+    held_out,
+    site_ids,
+    training_rows,
+)
 
 READ_COLUMNS = KEY_COLUMNS + ["site"] + GEOMETRY + ["pixels"]
 PART_BYTES = 16 << 20  # uncompressed bytes of one part (a run of row groups of one shard)
@@ -171,28 +179,25 @@ def part_crops(ds: Dataset, cfg: DataConfig, parts: list) -> list[int]:
     out = []
     for path, groups, _ in parts:
         t = pq.ParquetFile(path).read_row_groups(groups, columns=KEY_COLUMNS + ["site"])
-        keep = ~held_out(site_ids(t), cfg.seed, cfg.val_fraction)
-        if selected is not None:
-            keep &= np.array([k in selected for k in well_keys(t).to_pylist()], bool)
+        keep = training_rows(t, site_ids(t), cfg.seed, cfg.val_fraction, selected)
         out.append(int(keep.sum()) * cfg.crops_per_site)
     return out
 
 
-def tasks_within(ds: Dataset, cfg: DataConfig, epochs: int, crops: int) -> int:
-    """How many leading tasks of the stream fit in its first ``crops`` crops: the ``start``
-    that resumes a run as near its data position as task boundaries allow."""
-    parts = plan_parts(ds)
-    index = {
-        (p, tuple(g)): n for (p, g, _), n in zip(parts, part_crops(ds, cfg, parts), strict=True)
-    }
+def tasks_within(parts: list, crops: list[int], seed: int, epochs: int, done: int) -> int:
+    """How many leading tasks of the stream fit in its first ``done`` crops, given the parts
+    and their per-epoch crops: the ``start`` that resumes a run as near its data position
+    as task boundaries allow."""
+    index = {(p, tuple(g)): n for (p, g, _), n in zip(parts, crops, strict=True)}
     total = 0
-    for k, item in enumerate(plan_tasks(parts, cfg.seed, epochs)):
+    items = plan_tasks(parts, seed, epochs)
+    for k, item in enumerate(items):
         total += sum(
             index[(p, tuple(g))] for p, g in zip(item["paths"], item["groups"], strict=True)
         )
-        if total > crops:
+        if total > done:
             return k
-    return k + 1
+    return len(items)
 
 
 def crop_stream(data, cfg: DataConfig, epochs: int = 1, start: int = 0) -> ray.data.Dataset:

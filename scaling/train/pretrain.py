@@ -55,14 +55,16 @@ def pretrain(cfg: Config, resume: str | None = None) -> dict:
             synthesize(data, preset=cfg.world.preset, seed=cfg.world.seed, overwrite=True)
     ds = open_dataset(data)
     val = validation_tiles(ds, cfg.data)  # also checks crop against the site size
-    per_epoch = sum(part_crops(ds, cfg.data, plan_parts(ds)))
+    parts = plan_parts(ds)
+    crops = part_crops(ds, cfg.data, parts)
+    per_epoch = sum(crops)
     if per_epoch == 0:
         raise InputError(f"{data}: no training sites after the hold-out and the selection")
     needed = cfg.train.steps * cfg.data.batch_size * cfg.train.grad_accum * cfg.train.workers
     epochs = math.ceil(needed / per_epoch) + 1
     # a resumed run starts the stream at the task where its checkpoint left off
     done = json.loads((Path(resume) / "state.json").read_text())["crops_seen"] if resume else 0
-    start = tasks_within(ds, cfg.data, epochs, done)
+    start = tasks_within(parts, crops, cfg.data.seed, epochs, done)
 
     init_ray()
     trainer = TorchTrainer(
