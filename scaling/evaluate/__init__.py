@@ -1,0 +1,16 @@
+"""Evaluation: embeddings of wells, batch correction and the biology benchmarks.
+
+Modules, in pipeline order:
+
+- ``table``: the well-embeddings Parquet layout (contract) and its reader/writer.
+- ``embed``: a checkpoint's every-block embeddings of every well (Ray Data actors).
+- ``baselines``: hand-crafted CellProfiler-like features, raw-pixel PCA, random-init ViT.
+- ``tvn``: typical variation normalisation (ARCHITECTURE section 4).
+- ``maps``: aggregation, known-relationship recall, replicate consistency.
+- ``probes``: linear probes and the best-block search.
+- ``evaluate``: ``scaling evaluate``, all of the above for one model.
+
+Well embeddings travel as a pair ``(wells, X)``: a DataFrame with columns experiment,
+plate, well, perturbation, is_control (one row per well) and a float32 array (n_wells, D)
+in the same order.
+"""
