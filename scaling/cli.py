@@ -192,7 +192,7 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_pretrain)
 
     s = sub.add_parser("bench", help="benchmarks, ours beside an anchor")
-    s.add_argument("what", choices=["data", "flops"])
+    s.add_argument("what", choices=["data", "model", "flops"])
     s.add_argument("--json", action="store_true", help="one JSON object a line")
     s.add_argument("--data", help="dataset to read (default: a fresh 'small' world)")
     s.set_defaults(fn=cmd_bench)

@@ -126,3 +126,19 @@ def test_analytic_flops_match_the_counter(name):
     if name in CPU_SIZES + ["S/16"]:  # a real run on the CPU too
         counted = counted_train_flops(SIZES[name], img, batch=2, device="cpu")
         assert abs(analytic / counted - 1) < 0.02
+
+
+def test_bench_model_anchor_has_our_shapes_and_trains():
+    """The bench's anchor swaps in torch's encoder layers: same parameter count, and one
+    step of each runs (time_pair raises if the parameter counts differ)."""
+    from scaling.bench.model import anchor_mae, time_pair
+
+    ours = MAE(SIZES["cpu-xs"], img_size=32)
+    n = sum(p.numel() for p in ours.parameters())
+    anchor = anchor_mae(MAE(SIZES["cpu-xs"], img_size=32))
+    assert sum(p.numel() for p in anchor.parameters()) == n
+    assert isinstance(anchor.blocks[0], torch.nn.TransformerEncoderLayer)
+    loss, _, _ = anchor(torch.rand(2, 6, 32, 32))
+    assert torch.isfinite(loss)
+    t_ours, t_anchor, params = time_pair("cpu-xs", 32, 2, steps=1, warmup=0)
+    assert params == n and t_ours > 0 and t_anchor > 0

@@ -21,6 +21,10 @@ def run_bench(what: str, data: str | None = None):
         from scaling.bench.data import bench_data
 
         yield from bench_data(data)
+    elif what == "model":
+        from scaling.bench.model import bench_model
+
+        yield from bench_model()
     elif what == "flops":
         from scaling.bench.flops import bench_flops
 
