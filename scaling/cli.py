@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from scaling.errors import InputError
 
@@ -69,6 +70,12 @@ def cmd_ingest(a) -> int:
 def cmd_curate(a) -> int:
     from scaling.curate.select import curate
 
+    wells = a.wells
+    if a.like is not None:
+        try:
+            wells = json.loads((Path(a.like) / "curation.json").read_text())["wells"]
+        except (OSError, ValueError, KeyError) as e:
+            raise InputError(f"--like: {a.like}/curation.json: not a curation ({e})") from None
     s = curate(
         a.data,
         a.strategy,
@@ -76,12 +83,24 @@ def cmd_curate(a) -> int:
         seed=a.seed,
         overwrite=a.overwrite,
         fraction=a.fraction,
-        wells_count=a.wells,
+        wells_count=wells,
+        reference=a.reference,
+        block=a.block,
+        p_value=a.p_value,
+        min_experiments=a.min_experiments,
+        min_wells=a.min_wells,
+        control_fraction=a.control_fraction,
     )
     print(
         f"wrote {a.out}: {s['strategy']} selection of {s['wells']} of {s['source_wells']} "
         f"wells ({s['control_wells']} controls, {s['perturbations']} perturbations)"
     )
+    if s["truth"]:
+        t = s["truth"]
+        print(
+            f"  against the truth: {t['kept_genes']} genes kept, precision {t['precision']:.2f}, "
+            f"recall {t['recall']:.2f} of {t['active_genes']} active genes"
+        )
     return 0
 
 
@@ -118,6 +137,30 @@ def cmd_bench(a) -> int:
             f"anchor {line['anchor_value']:.4g} {line['unit']} ratio {line['ratio']:.3f}",
             flush=True,
         )
+    return 0
+
+
+def cmd_evaluate(a) -> int:
+    from scaling.evaluate.evaluate import evaluate
+
+    s = evaluate(
+        a.checkpoint,
+        a.data,
+        a.out,
+        baselines=not a.no_baselines,
+        tvn=not a.no_tvn,
+        batch_size=a.batch_size,
+        actors=a.actors,
+        seed=a.seed,
+        overwrite=a.overwrite,
+    )
+    print(f"wrote {a.out}: embeddings/, metrics.parquet, summary.json")
+    for model, m in s.items():
+        if isinstance(m, dict):
+            shown = ", ".join(
+                f"{k} {v:.3f}" for k, v in m.items() if k not in ("best_block", "blocks")
+            )
+            print(f"  {model:12s} block {m['best_block']:2d}/{m['blocks']}: {shown}")
     return 0
 
 
@@ -175,6 +218,17 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--fraction", type=float, help="share of wells to keep (random)")
     s.add_argument("--wells", type=int, help="number of wells to keep (random)")
+    s.add_argument("--like", help="keep as many wells as this curation (random)")
+    s.add_argument(
+        "--reference",
+        help="checkpoint or run folder whose embeddings judge consistency "
+        "(phenoprints; default: hand-crafted features)",
+    )
+    s.add_argument("--block", type=int, help="block of --reference to use (default: last)")
+    s.add_argument("--p-value", type=float, help="consistency threshold (phenoprints, 0.01)")
+    s.add_argument("--min-experiments", type=int, help="phenoprints: default 3, capped")
+    s.add_argument("--min-wells", type=int, help="phenoprints: default 20, capped")
+    s.add_argument("--control-fraction", type=float, help="phenoprints: share of controls, 0.3")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(fn=cmd_curate)
@@ -196,6 +250,18 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="one JSON object a line")
     s.add_argument("--data", help="dataset to read (default: a fresh 'small' world)")
     s.set_defaults(fn=cmd_bench)
+
+    s = sub.add_parser("evaluate", help="every block of a checkpoint, scored, with baselines")
+    s.add_argument("--checkpoint", required=True, help="checkpoint folder or run folder")
+    s.add_argument("--data", required=True, help="dataset or curation folder (with truth/)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--no-baselines", action="store_true", help="score the checkpoint only")
+    s.add_argument("--no-tvn", action="store_true", help="benchmarks without TVN")
+    s.add_argument("--batch-size", type=int, default=256, help="crops per inference batch")
+    s.add_argument("--actors", type=int, help="embedding actors (default: 1 per GPU or 2 CPUs)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(fn=cmd_evaluate)
 
     s = sub.add_parser("demo", help="the main job on the synthetic world")
     s.add_argument("--out", default="demo-out")

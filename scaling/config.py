@@ -107,6 +107,8 @@ class TrainConfig:
     val_every: int = 50
     max_failures: int = 2
     peak_tflops: float = 989.0  # per device, for MFU on GPU (H100 bf16 dense)
+    eval_every: int = 0  # probe every block on a fixed set of wells every N steps (0: off)
+    eval_wells: int = 256  # wells in that set (one site each)
     seed: int = 0
 
     def validate(self) -> None:
@@ -121,6 +123,8 @@ class TrainConfig:
         ):
             if getattr(self, key) < 1:
                 raise InputError(f"train.{key}: must be positive, got {getattr(self, key)}")
+        if self.eval_every < 0 or self.eval_wells < 1:
+            raise InputError("train.eval_every must be >= 0 and train.eval_wells positive")
         if self.zero_stage not in (0, 1, 2, 3):
             raise InputError(f"train.zero_stage: must be 0, 1, 2 or 3, got {self.zero_stage}")
         if self.cpus_per_worker <= 0 or self.lr <= 0:

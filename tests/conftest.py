@@ -43,3 +43,27 @@ def run_cli(*args, timeout=300):
         env=env,
     )
     return p.returncode, p.stdout, p.stderr
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tiny_world, tmp_path_factory):
+    """A real 2-worker ZeRO-2 smoke run on the tiny world (30 steps, in-training probes
+    every 15), shared by the training and evaluation tests: (config, result, run dir)."""
+    from pathlib import Path
+
+    from scaling.config import load_config
+    from scaling.train.pretrain import pretrain
+
+    run_dir = tmp_path_factory.mktemp("smoke-run")
+    cfg = load_config(
+        Path(__file__).parent.parent / "jobs/configs/smoke.yaml",
+        [
+            f"data.path={tiny_world}",
+            f"run.dir={run_dir}",
+            "train.steps=30",
+            "train.checkpoint_every=15",
+            "train.val_every=15",
+            "train.eval_every=15",
+        ],
+    )
+    return cfg, pretrain(cfg), run_dir

@@ -55,28 +55,20 @@ def test_bad_train_config_fails_before_ray(tmp_path):
     assert not (tmp_path / "ray").exists()
 
 
-def test_two_worker_zero2_run_learns(tiny_world, tmp_path, ray_session):
-    from scaling.train.pretrain import pretrain
-
+def test_two_worker_zero2_run_learns(tiny_world, smoke_run):
     steps, batch = 30, 16
-    cfg = load_config(
-        ROOT / "jobs/configs/smoke.yaml",
-        [
-            f"data.path={tiny_world}",
-            f"run.dir={tmp_path}",
-            f"train.steps={steps}",
-            "train.checkpoint_every=15",
-            "train.val_every=15",
-        ],
-    )
-    r = pretrain(cfg)
-    saved = json.loads((tmp_path / "result.json").read_text())
+    cfg, r, run_dir = smoke_run
+    saved = json.loads((run_dir / "result.json").read_text())
     assert saved == r
     assert r["step"] == steps and r["restarts"] == 0
     assert r["crops_seen"] == steps * batch * 2  # two workers
     assert r["flops"] == r["crops_seen"] * train_flops(SIZES["cpu-xs"], 64)
     ckpt = Path(r["checkpoint"])
-    assert {"state.json", "model.safetensors"} <= {p.name for p in ckpt.iterdir()}
+    assert {"state.json", "model.safetensors", "config.yaml"} <= {p.name for p in ckpt.iterdir()}
+    assert load_config(ckpt / "config.yaml") == cfg  # what evaluation rebuilds the model from
+    # in-training probes ran on the final step and report a block of the model
+    assert 1 <= r["probe_best_block"] <= SIZES["cpu-xs"].depth
+    assert 0.0 <= r["probe_perturbation"] <= 1.0 and 0.0 <= r["probe_pathway"] <= 1.0
     shards = sorted(p.name for p in (ckpt / "ds").glob("zero_pp_rank_*"))
     assert len(shards) == 2  # ZeRO-2: each rank saved its optimizer partition
     assert json.loads((ckpt / "state.json").read_text())["step"] == steps

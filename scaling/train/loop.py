@@ -2,9 +2,11 @@
 
 Per optimizer step it reports (every ``train.log_every`` steps) loss, learning rate,
 crops/s, tokens/s, cumulative crops and FLOPs (global, all workers), MFU on GPU, and the
-validation reconstruction loss on the fixed held-out tiles (every ``train.val_every``).
+validation reconstruction loss on the fixed held-out tiles (every ``train.val_every``), and
+with ``train.eval_every`` the best block's linear-probe scores on a fixed set of wells.
 Every ``train.checkpoint_every`` steps all ranks ``engine.save_checkpoint`` into a local
-folder (rank 0 adds ``state.json`` and ``model.safetensors``) and report it; a restarted
+folder (rank 0 adds ``state.json``, ``config.yaml`` and ``model.safetensors``, which
+``scaling evaluate`` reads) and report it; a restarted
 worker group resumes from the latest one.
 """
 
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from scaling.config import Config, _build
+from scaling.config import Config, _build, dump_config
 from scaling.model.flops import train_flops
 from scaling.model.mae import MAE
 from scaling.model.sizes import SIZES
@@ -164,6 +166,12 @@ def train_loop(config: dict) -> None:
             metrics["mfu"] = crops_per_s * flops_per_crop / (t.peak_tflops * 1e12 * world)
         if final or s % t.val_every == 0:
             metrics["val_loss"] = validation_loss(engine, val, cfg.data.batch_size, t.seed)
+        if config.get("probe_set") and (final or s % t.eval_every == 0):
+            from scaling.evaluate.during import embed_set, probe_metrics
+
+            emb = embed_set(engine.module, config["probe_set"], cfg.data.batch_size, device, dtype)
+            if rank == 0:  # every rank embeds (ZeRO-3 gathers need all); rank 0 probes
+                metrics.update(probe_metrics(emb, config["probe_set"]))
         if final or s % t.checkpoint_every == 0:
             d = tempfile.mkdtemp(prefix="ckpt-")
             engine.save_checkpoint(d, tag=TAG)
@@ -172,6 +180,7 @@ def train_loop(config: dict) -> None:
                 from safetensors.torch import save_file
 
                 (Path(d) / "state.json").write_text(json.dumps(state))
+                (Path(d) / "config.yaml").write_text(dump_config(cfg))
                 save_file(weights, str(Path(d) / "model.safetensors"))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
             shutil.rmtree(d, ignore_errors=True)
@@ -200,7 +209,7 @@ def train_loop(config: dict) -> None:
             state["flops"] += flops_per_crop * n
             last_loss = float(loss.detach().float().item())
             final = state["step"] >= t.steps
-            cadence = (t.log_every, t.checkpoint_every, t.val_every)
+            cadence = (t.log_every, t.checkpoint_every, t.val_every, t.eval_every or t.steps)
             if final or any(state["step"] % k == 0 for k in cadence):
                 report(final)
             if final:

@@ -55,6 +55,11 @@ def pretrain(cfg: Config, resume: str | None = None) -> dict:
             synthesize(data, preset=cfg.world.preset, seed=cfg.world.seed, overwrite=True)
     ds = open_dataset(data)
     val = validation_tiles(ds, cfg.data)  # also checks crop against the site size
+    probes = None
+    if cfg.train.eval_every:
+        from scaling.evaluate.during import probe_set
+
+        probes = probe_set(ds, cfg.data.crop, cfg.train.eval_wells, cfg.data.seed)
     parts = plan_parts(ds)
     crops = part_crops(ds, cfg.data, parts)
     per_epoch = sum(crops)
@@ -72,6 +77,7 @@ def pretrain(cfg: Config, resume: str | None = None) -> dict:
         train_loop_config={
             "cfg": to_dict(cfg),
             "val_tiles": val,
+            "probe_set": probes,
             "resume": resume,
             "crops_at_start": done,
         },
@@ -98,6 +104,7 @@ def pretrain(cfg: Config, resume: str | None = None) -> dict:
         "flops": m["flops"],
         "crops_seen": m["crops_seen"],
         "restarts": m["restarts"],
+        **{k: v for k, v in m.items() if k.startswith("probe_")},
         "model": cfg.model.name,
         "checkpoint": result.checkpoint.path if result.checkpoint else None,
         "data": str(data),

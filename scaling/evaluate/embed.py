@@ -1,0 +1,189 @@
+"""Every block's embedding of every well, in one forward pass per crop (ARCHITECTURE
+section 4): each site is tiled into non-overlapping crops (edge remainders dropped), each
+crop goes once through the encoder without masking (``MAE.embed_blocks``: for every block
+b, the mean of the patch tokens after the final LayerNorm applied to block b's output), and
+a well's embedding is the mean over all crops of its sites.
+
+Inference runs on Ray Data: one read task per shard cuts the tiles, a pool of actors (each
+holding the model once) embeds batches with ``map_batches``, and the driver sums crops into
+wells as batches arrive, so on a cluster the actors spread over the nodes (``num_gpus``
+per actor when GPUs are there).
+
+A model is given by a checkpoint folder (``model.safetensors`` + ``config.yaml``, written
+by every training checkpoint) or a run folder (its ``result.json`` names the checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+import torch
+
+from scaling.config import Config, load_config
+from scaling.errors import InputError
+from scaling.model.mae import MAE
+from scaling.model.sizes import SIZES
+from scaling.progress import bar
+from scaling.shards.dataset import Dataset, open_dataset, well_keys
+from scaling.shards.format import KEY_COLUMNS
+from scaling.stream.crops import decode_sites, grid_tiles
+
+WELL_COLUMNS = KEY_COLUMNS + ["perturbation", "is_control"]
+
+
+@dataclass
+class ModelSpec:
+    """What an embedding actor builds: the MAE of ``cfg``, with the weights at ``weights``
+    (safetensors) or, when ``weights`` is None, randomly initialised from ``seed``."""
+
+    cfg: Config
+    weights: str | None = None
+    seed: int = 0
+
+    @property
+    def depth(self) -> int:
+        return SIZES[self.cfg.model.name].depth
+
+    @property
+    def crop(self) -> int:
+        return self.cfg.data.crop
+
+
+def find_checkpoint(path) -> Path:
+    """A checkpoint folder, from itself or from a run folder's ``result.json``."""
+    p = Path(path)
+    if (p / "result.json").is_file():
+        ckpt = json.loads((p / "result.json").read_text()).get("checkpoint")
+        if not ckpt:
+            raise InputError(f"{p / 'result.json'}: names no checkpoint")
+        p = Path(ckpt)
+    for name in ("model.safetensors", "config.yaml"):
+        if not (p / name).is_file():
+            raise InputError(f"{p}: not a checkpoint (no {name})")
+    return p
+
+
+def load_spec(checkpoint) -> ModelSpec:
+    p = find_checkpoint(checkpoint)
+    return ModelSpec(load_config(p / "config.yaml"), str(p / "model.safetensors"))
+
+
+def build(spec: ModelSpec) -> MAE:
+    from scaling.train.loop import build_model
+
+    torch.manual_seed(spec.seed)
+    model = build_model(spec.cfg)
+    if spec.weights is not None:
+        from safetensors.torch import load_file
+
+        state = load_file(spec.weights)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise InputError(
+                f"{spec.weights}: does not match {spec.cfg.model.name} "
+                f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
+    return model.eval()
+
+
+class Embedder:
+    """A Ray Data actor: tiles (B, C, crop, crop) uint8 -> every block's embedding."""
+
+    def __init__(self, spec: ModelSpec, threads: int = 0):
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = build(spec).to(self.device)
+
+    def __call__(self, batch: dict) -> dict:
+        x = torch.from_numpy(np.ascontiguousarray(batch["tiles"])).to(self.device)
+        with torch.inference_mode():
+            emb = self.model.embed_blocks(x)  # (B, depth, D)
+        return {"key": batch["key"], "emb": emb.float().cpu().numpy()}
+
+
+def shard_tiles(item: dict, crop: int, keys: list[str] | None) -> dict:
+    """One shard -> its sites' grid tiles with their well keys (a Ray Data map step)."""
+    table = pq.read_table(str(item["file"][0]))
+    if keys is not None:
+        table = table.filter(pa.compute.is_in(well_keys(table), pa.array(keys)))
+    if table.num_rows == 0:
+        return {"key": np.array([], dtype=object), "tiles": np.zeros((0, 1, crop, crop), np.uint8)}
+    tiles = [grid_tiles(s, crop) for s in decode_sites(table)]
+    key = well_keys(table).to_numpy(zero_copy_only=False)
+    return {"key": np.repeat(key, [len(t) for t in tiles]), "tiles": np.concatenate(tiles)}
+
+
+def well_table(ds: Dataset) -> pd.DataFrame:
+    """Wells of the dataset (its selection, if a curation), sorted by key, with ``key``."""
+    frames = [pq.read_table(f, columns=WELL_COLUMNS) for f in ds.files]
+    t = pa.concat_tables(frames)
+    wells = t.to_pandas().assign(key=well_keys(t).to_numpy(zero_copy_only=False))
+    wells = wells.drop_duplicates("key")
+    if ds.wells is not None:
+        wells = wells[wells["key"].isin(ds.selected_keys())]
+    return wells.sort_values(KEY_COLUMNS).reset_index(drop=True)
+
+
+def embed_wells(
+    data,
+    spec: ModelSpec,
+    batch_size: int = 256,
+    actors: int = 1,
+    cpus_per_actor: float = 1.0,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """All wells of ``data`` -> (wells, E) with E (n_blocks, n_wells, D) float32: E[b] is the
+    embedding of every well at block b+1."""
+    from scaling.parallel import init_ray
+
+    ds = data if isinstance(data, Dataset) else open_dataset(data)
+    wells = well_table(ds)
+    if not len(wells):
+        raise InputError(f"{ds.root}: no wells to embed")
+    keys = None if ds.wells is None else sorted(ds.selected_keys())
+    init_ray()
+    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    tiles = ray.data.from_items(
+        [{"file": str(f)} for f in ds.files], override_num_blocks=len(ds.files)
+    ).map_batches(shard_tiles, batch_size=1, fn_kwargs={"crop": spec.crop, "keys": keys})
+    emb = tiles.map_batches(
+        Embedder,
+        fn_constructor_kwargs={"spec": spec, "threads": max(1, int(cpus_per_actor))},
+        batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=cpus_per_actor,
+        num_gpus=gpus,
+    )
+    row = {k: i for i, k in enumerate(wells["key"])}
+    width = SIZES[spec.cfg.model.name].width
+    sums = np.zeros((spec.depth, len(wells), width), np.float64)
+    counts = np.zeros(len(wells), np.int64)
+    with bar(total=len(wells), desc="embed", unit="well", enabled=progress) as b:
+        for batch in emb.iter_batches(batch_size=None, batch_format="numpy"):
+            idx = np.fromiter((row[k] for k in batch["key"]), np.int64, len(batch["key"]))
+            before = int((counts > 0).sum())
+            np.add.at(counts, idx, 1)
+            for blk in range(spec.depth):
+                np.add.at(sums[blk], idx, batch["emb"][:, blk])
+            b.update(int((counts > 0).sum()) - before)
+    if (counts == 0).any():
+        missing = wells["key"][counts == 0].iloc[0]
+        raise InputError(f"{ds.root}: well {missing} has no tile of {spec.crop} px")
+    return wells.drop(columns="key"), (sums / counts[None, :, None]).astype(np.float32)
+
+
+def default_actors() -> int:
+    """One actor per GPU on a GPU cluster, else one per two CPUs of the cluster (at least 1)."""
+    from scaling.parallel import init_ray
+
+    init_ray()
+    r = ray.cluster_resources()
+    return max(1, int(r.get("GPU", 0)) or int(r.get("CPU", 2)) // 2 or 1)
