@@ -27,10 +27,13 @@ def cmd_synth(a) -> int:
     from scaling.world.synth import synthesize
 
     s = synthesize(a.out, preset=a.preset, seed=a.seed, overwrite=a.overwrite)
+    what = f"{s['sites']} sites"
+    if "embedding_dim" in s:
+        what = f"embeddings.parquet ({s['embedding_dim']} dimensions, no images)"
     print(
         f"wrote {a.out}: {s['genes']} genes ({s['active_genes']} active), {s['complexes']} "
         f"complexes, {s['pathways']} pathways, {s['experiments']} experiments, "
-        f"{s['plates']} plates, {s['wells']} wells, {s['sites']} sites"
+        f"{s['plates']} plates, {s['wells']} wells, {what}"
     )
     return 0
 
@@ -164,6 +167,21 @@ def cmd_evaluate(a) -> int:
     return 0
 
 
+def cmd_benchmark(a) -> int:
+    from scaling.evaluate.maps import benchmark
+
+    r = benchmark(a.embeddings, a.truth, a.out, tvn=not a.no_tvn, seed=a.seed)
+    c = r["consistency"]
+    recall = "  ".join(f"{k} {v:.3f}" for k, v in r["recall"].items())
+    print(f"wrote {a.out}: {r['n_perturbations']} perturbations, TVN {'on' if r['tvn'] else 'off'}")
+    print(f"  recall       {recall}  (chance {r['chance']:.2f})")
+    print(
+        f"  consistency  KS {c['ks']:.3f}  CvM {c['cvm']:.4g}  "
+        f"significant {c['fraction_significant']:.3f}"
+    )
+    return 0
+
+
 def cmd_demo(a) -> int:
     from scaling.demo import demo
 
@@ -246,9 +264,11 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_pretrain)
 
     s = sub.add_parser("bench", help="benchmarks, ours beside an anchor")
-    s.add_argument("what", choices=["data", "model", "flops"])
+    s.add_argument("what", choices=["data", "model", "eval", "flops"])
     s.add_argument("--json", action="store_true", help="one JSON object a line")
-    s.add_argument("--data", help="dataset to read (default: a fresh 'small' world)")
+    s.add_argument(
+        "--data", help="dataset to read (default: a fresh world, 'genome' for eval, else 'small')"
+    )
     s.set_defaults(fn=cmd_bench)
 
     s = sub.add_parser("evaluate", help="every block of a checkpoint, scored, with baselines")
@@ -262,6 +282,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(fn=cmd_evaluate)
+
+    s = sub.add_parser("benchmark", help="map benchmarks of any well embeddings (TVN on)")
+    s.add_argument("--embeddings", required=True, help="well embeddings Parquet")
+    s.add_argument("--truth", required=True, help="folder with perturbations/relationships")
+    s.add_argument("--out", required=True, help="JSON file to write")
+    s.add_argument("--no-tvn", action="store_true", help="benchmarks without TVN")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=cmd_benchmark)
 
     s = sub.add_parser("demo", help="the main job on the synthetic world")
     s.add_argument("--out", default="demo-out")

@@ -25,6 +25,10 @@ def run_bench(what: str, data: str | None = None):
         from scaling.bench.model import bench_model
 
         yield from bench_model()
+    elif what == "eval":
+        from scaling.bench.eval import bench_eval
+
+        yield from bench_eval(data)
     elif what == "flops":
         from scaling.bench.flops import bench_flops
 

@@ -36,4 +36,9 @@ PRESETS: dict[str, WorldSpec] = {
     "large": WorldSpec(
         genes=6000, experiments=8, wells_per_plate=384, controls_per_plate=32, sites=4, size=512
     ),
+    # whole-genome scale for the evaluation code: well embeddings only (scaling.world.genome),
+    # ~18,000 genes x 4 experiments on 384-well plates with 32 controls each (~79,000 wells)
+    "genome": WorldSpec(
+        genes=18000, experiments=4, wells_per_plate=384, controls_per_plate=32, images=False
+    ),
 }

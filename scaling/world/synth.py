@@ -7,6 +7,9 @@ Output layout (contract)::
     DIR/truth/relationships.parquet  source, gene_a, gene_b
     DIR/world.json                   preset, seed, spec and counts
 
+A preset without images (``genome``) writes ``DIR/embeddings.parquet`` (well embeddings
+in the evaluation table layout, see scaling.world.genome) instead of shards.
+
 Everything is built under a hidden sibling folder and renamed into place at the end, so
 an interrupted run leaves no half-written dataset. Plates render in parallel as Ray tasks;
 each site's random stream is seeded by (seed, plate, well, site), so the output does not
@@ -60,12 +63,20 @@ def render_plate(plate: Plate, spec: WorldSpec, bio: Biology, seed: int, path: s
 
 
 def synthesize(
-    out, preset: str = "tiny", seed: int = 0, overwrite: bool = False, progress: bool = True
+    out,
+    preset: str = "tiny",
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+    spec: WorldSpec | None = None,
 ) -> dict:
-    """Write a world to ``out``; returns the summary also saved as ``world.json``."""
-    if preset not in PRESETS:
-        raise InputError(f"--preset: unknown preset {preset!r} (have {', '.join(PRESETS)})")
-    spec = PRESETS[preset]
+    """Write a world to ``out``; returns the summary also saved as ``world.json``.
+    ``spec`` replaces the preset's (e.g. ``dataclasses.replace(PRESETS[p], strength=0.5)``);
+    ``preset`` then only names it."""
+    if spec is None:
+        if preset not in PRESETS:
+            raise InputError(f"--preset: unknown preset {preset!r} (have {', '.join(PRESETS)})")
+        spec = PRESETS[preset]
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise InputError(f"{out}: exists and is not empty (pass --overwrite to replace it)")
@@ -76,8 +87,12 @@ def synthesize(
         (tmp / "truth").mkdir(parents=True)
         bio.perturbations_table().to_parquet(tmp / "truth" / "perturbations.parquet", index=False)
         bio.relationships_table().to_parquet(tmp / "truth" / "relationships.parquet", index=False)
-        sites = 0
-        if spec.images:
+        sites, extra = 0, {}
+        if not spec.images:
+            from scaling.world.genome import write_genome
+
+            extra = write_genome(tmp / "embeddings.parquet", spec, bio, plates, seed)
+        else:
             init_ray()
             bio_ref = ray.put(bio)  # one copy in the object store, shared by every plate task
             jobs = [
@@ -97,6 +112,7 @@ def synthesize(
             "plates": len(plates),
             "wells": sum(len(p.wells) for p in plates),
             "sites": sites,
+            **extra,
         }
         (tmp / "world.json").write_text(json.dumps(summary, indent=2) + "\n")
         if out.exists():
