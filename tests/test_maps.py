@@ -96,6 +96,25 @@ def test_tvn_whitens_each_batch_of_controls():
         assert ev.max() < 1 and ev.min() > 0
 
 
+def test_tvn_with_few_controls_keeps_them_a_null_for_other_wells():
+    """16 controls per batch in 95 dimensions (the tiny world with hand-crafted features):
+    exact whitening shrinks the controls and orthogonalises them, so wells drawn from the
+    very same distribution look far from them. The reduction keeps them alike."""
+    rng = np.random.default_rng(2)
+    n, d = 192, 95
+    batch = np.repeat(["E1", "E2", "E3"], n // 3)
+    ctrl = np.tile(np.arange(n // 3) < 16, 3)  # 16 controls per batch
+    X = rng.standard_normal((n, d)) @ rng.standard_normal((d, d))  # no signal anywhere
+    X += 2.0 * (batch == "E2")[:, None]
+    Y = tvn(X, ctrl, batch)
+    assert Y.shape == (n, 16 // 2)
+    norms = np.linalg.norm(Y, axis=1)
+    assert 0.7 < np.median(norms[~ctrl]) / np.median(norms[ctrl]) < 1.5
+    exact = tvn(X, ctrl, batch, controls_per_dim=0.01)  # no reduction: the failure mode
+    norms = np.linalg.norm(exact, axis=1)
+    assert np.median(norms[~ctrl]) / np.median(norms[ctrl]) > 2
+
+
 def test_tvn_needs_controls_in_every_batch():
     X = np.random.default_rng(0).standard_normal((20, 3))
     ctrl = np.array([True] * 10 + [False] * 9 + [True])

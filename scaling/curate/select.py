@@ -4,11 +4,14 @@ Output: ``OUT/curation.json`` (strategy, parameters, source, counts), ``OUT/well
 (experiment, plate, well, perturbation, is_control) and a copy of the source's truth
 tables, so a curation folder is used wherever a dataset folder is.
 
-Strategies register in ``STRATEGIES``: a function (wells table, rng, **params) -> mask.
+Strategies register in ``STRATEGIES``: a function (wells table, rng, dataset, **params) ->
+mask. ``curation.json`` also scores the kept genes against the truth's ``active`` flag
+(precision, recall), so curations are compared on what they should keep.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -37,7 +40,11 @@ def well_table(ds) -> pd.DataFrame:
 
 
 def random_selection(
-    wells: pd.DataFrame, rng, fraction: float | None = None, wells_count: int | None = None
+    wells: pd.DataFrame,
+    rng,
+    ds=None,
+    fraction: float | None = None,
+    wells_count: int | None = None,
 ) -> np.ndarray:
     """A uniform sample of wells, controls included (they are drawn like any other well)."""
     n = len(wells)
@@ -53,29 +60,122 @@ def random_selection(
     return mask
 
 
-STRATEGIES: dict[str, Callable] = {"random": random_selection}
+def phenoprints_selection(
+    wells: pd.DataFrame,
+    rng,
+    ds=None,
+    reference: str | None = None,
+    block: int | None = None,
+    p_value: float = 0.01,
+    min_experiments: int = 3,
+    min_wells: int = 20,
+    control_fraction: float = 0.3,
+    seed: int = 0,
+) -> np.ndarray:
+    """Consistency-curated wells (ARCHITECTURE section 1, "Phenoprints"): a perturbation is
+    kept when its replicate consistency under a reference embedding beats the control null
+    at ``p < p_value`` (``maps.perturbation_pvalues`` after TVN) and it appears in at least
+    ``min_experiments`` experiments and ``min_wells`` wells; plus a random
+    ``control_fraction`` of the control wells.
+
+    The reference is a checkpoint's block ``block`` (default: its last) or, with no
+    checkpoint, the hand-crafted features. The count thresholds are scaled to the world:
+    each is capped at what the typical perturbation of this dataset has (the number of
+    experiments; the median wells per perturbation), so the paper's 3 experiments and 20
+    wells apply to whole-genome screens and a small world is not emptied by them.
+    """
+    from scaling.evaluate.maps import perturbation_pvalues
+    from scaling.evaluate.tvn import tvn
+
+    if not 0 < p_value < 1:
+        raise InputError(f"--p-value: must be in (0, 1), got {p_value}")
+    if not 0 <= control_fraction <= 1:
+        raise InputError(f"--control-fraction: must be in [0, 1], got {control_fraction}")
+    if min(min_experiments, min_wells) < 1:
+        raise InputError("--min-experiments, --min-wells: must be at least 1")
+    ref_wells, x = reference_embedding(ds, reference, block)
+    x = tvn(x, ref_wells["is_control"].to_numpy(), ref_wells["experiment"].to_numpy())
+    pv = perturbation_pvalues(ref_wells, x, seed=seed).set_index("perturbation")
+    genes = wells[~wells["is_control"]]
+    n_wells = genes.groupby("perturbation").size()
+    n_exps = genes.groupby("perturbation")["experiment"].nunique()
+    need_exps = min(min_experiments, wells["experiment"].nunique())
+    need_wells = min(min_wells, int(n_wells.median()))
+    consistent = pv.index[pv["p_value"] < p_value]
+    keep = set(consistent) & set(n_wells.index[n_wells >= need_wells])
+    keep &= set(n_exps.index[n_exps >= need_exps])
+    mask = wells["perturbation"].isin(keep).to_numpy() & ~wells["is_control"].to_numpy()
+    controls = np.flatnonzero(wells["is_control"].to_numpy())
+    mask[rng.choice(controls, round(control_fraction * len(controls)), replace=False)] = True
+    return mask
+
+
+def reference_embedding(ds, reference: str | None, block: int | None):
+    """Well embeddings used to judge consistency: (wells, X (n_wells, D))."""
+    if reference is None:
+        from scaling.evaluate.baselines import handcrafted_wells
+
+        return handcrafted_wells(ds)
+    from scaling.evaluate.embed import embed_wells, load_spec
+
+    spec = load_spec(reference)
+    b = spec.depth if block is None else block
+    if not 1 <= b <= spec.depth:
+        raise InputError(f"--block: must be in 1..{spec.depth}, got {b}")
+    wells, e = embed_wells(ds, spec)
+    return wells, e[b - 1]
+
+
+def truth_scores(chosen: pd.DataFrame, truth) -> dict | None:
+    """Precision and recall of the kept genes against the truth's ``active`` flag."""
+    path = truth / "perturbations.parquet"
+    if not path.is_file():
+        return None
+    active = pd.read_parquet(path, columns=["perturbation", "active"])
+    active = set(active.loc[active["active"], "perturbation"])
+    kept = set(chosen.loc[~chosen["is_control"], "perturbation"])
+    hits = len(kept & active)
+    return {
+        "kept_genes": len(kept),
+        "active_genes": len(active),
+        "precision": hits / len(kept) if kept else 0.0,
+        "recall": hits / len(active) if active else 0.0,
+    }
+
+
+STRATEGIES: dict[str, Callable] = {"random": random_selection, "phenoprints": phenoprints_selection}
 
 
 def curate(data, strategy: str, out, seed: int = 0, overwrite: bool = False, **params) -> dict:
     if strategy not in STRATEGIES:
         raise InputError(f"--strategy: {strategy!r} is not available (have {sorted(STRATEGIES)})")
-    ds = open_dataset(data)
-    wells = well_table(ds)
-    rng = np.random.default_rng([seed, 5])
-    mask = STRATEGIES[strategy](wells, rng, **{k: v for k, v in params.items() if v is not None})
-    chosen = wells[mask].sort_values(KEY_COLUMNS).reset_index(drop=True)
+    fn = STRATEGIES[strategy]
+    params = {k: v for k, v in params.items() if v is not None}
+    accepted = inspect.signature(fn).parameters
+    for k in params:
+        if k not in accepted:
+            flag = "--wells" if k == "wells_count" else "--" + k.replace("_", "-")
+            raise InputError(f"{flag}: not an option of the {strategy} strategy")
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise InputError(f"{out}: exists and is not empty (pass --overwrite to replace it)")
+    ds = open_dataset(data)
+    wells = well_table(ds)
+    rng = np.random.default_rng([seed, 5])
+    mask = fn(wells, rng, ds, **params)
+    if not mask.any():
+        raise InputError(f"--strategy {strategy}: selected no wells")
+    chosen = wells[mask].sort_values(KEY_COLUMNS).reset_index(drop=True)
     info = {
         "strategy": strategy,
-        "params": {k: v for k, v in params.items() if v is not None},
+        "params": params,
         "seed": seed,
         "source": str(ds.root.resolve()),
         "wells": len(chosen),
         "source_wells": len(wells),
         "control_wells": int(chosen["is_control"].sum()),
         "perturbations": int(chosen.loc[~chosen["is_control"], "perturbation"].nunique()),
+        "truth": truth_scores(chosen, ds.truth),
     }
     tmp = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
     try:

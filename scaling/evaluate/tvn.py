@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 RIDGE = 0.5  # the 0.5 I of ARCHITECTURE section 4
+CONTROLS_PER_DIM = 2  # fewer control wells than this per dimension: reduce first (see tvn)
 ZERO_SD = 1e-6  # relative to the step's largest sd
 
 
@@ -114,16 +115,43 @@ def tvn(
     *,
     center: bool = True,
     ridge: float = RIDGE,
+    controls_per_dim: float = CONTROLS_PER_DIM,
 ) -> np.ndarray:
     """TVN-corrected well embeddings (ARCHITECTURE section 4; steps in the module doc).
 
     X (n, D) well embeddings; is_control (n,) bool; batch (n,) labels (the experiment).
-    Returns float32 (n, D), rows in the same order. Raises ValueError when there are fewer
+    Returns float32 (n, D) (or (n, k), below), rows in the same order. Raises ValueError when there are fewer
     than 2 control wells overall or in some batch (the batch is named). Runs on one BLAS
     thread (``one_blas_thread``): its products are small, and threads only risk stalls.
+
+    Too few controls: the per-batch covariance of step 4 (and the scaler of step 3) fits
+    the controls in-sample, so with few controls per dimension the whitened controls come
+    out smaller and more mutually orthogonal than any other well drawn from the same
+    distribution, and stop being a null for the rest. When the smallest batch has fewer
+    than ``controls_per_dim * D`` control wells, X is first reduced to its top
+    k = (smallest batch's controls) // controls_per_dim principal components (wells
+    scaled on the controls as in step 1, PCA of all wells) and the result is (n, k).
+    Whole-genome screens (hundreds of controls per experiment) never hit this; the tiny
+    test world (16 controls per experiment, 95 hand-crafted features) does.
     """
+    ctrl = np.asarray(is_control, dtype=bool)
     with one_blas_thread():
-        return _tvn(X, is_control, batch, center, ridge)
+        if np.ndim(X) == 2 and len(ctrl) == len(X) and ctrl.any():
+            per_batch = pd.Series(ctrl).groupby(np.asarray(batch)).sum()
+            k = int(per_batch.min() // controls_per_dim)
+            if 2 <= k < np.shape(X)[1]:
+                X = top_components(X, ctrl, k)
+        return _tvn(X, ctrl, batch, center, ridge)
+
+
+def top_components(X: np.ndarray, is_control: np.ndarray, k: int) -> np.ndarray:
+    """X (n, D) -> (n, k) float64: wells scaled on the controls (step 1's scaler), centred,
+    on the top k principal axes of all wells."""
+    X = np.asarray(X, dtype=np.float64)
+    mu, sd = _scaler(X[is_control])
+    Z = (X - mu) / sd
+    Z = Z - Z.mean(axis=0)
+    return Z @ eig_psd(Z.T @ Z)[1][:, :k]
 
 
 def _tvn(X, is_control, batch, center: bool, ridge: float) -> np.ndarray:

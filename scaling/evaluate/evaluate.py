@@ -1,0 +1,148 @@
+"""``scaling evaluate``: every block of one model, embedded and scored, beside baselines.
+
+Output (``OUT``, written under a hidden sibling and renamed into place)::
+
+    embeddings/{model}/block_{b:02d}.parquet   well embeddings (contract layout)
+    metrics.parquet                            model, block, metric, value (tidy)
+    summary.json                               the best block b* and its metrics, per model
+
+``model`` is ``mae`` (the checkpoint; blocks 1..depth as the paper counts them) and, with
+baselines, ``random-init`` (the same ViT, untrained), ``handcrafted`` (CellProfiler-like
+features) and ``pixel-pca`` (raw pixels); the last two have one embedding, ``block`` 0.
+
+Metrics per block: ``recall_{source}`` (known-relationship recall), ``consistency_ks``,
+``consistency_cvm``, ``consistency_fraction_significant`` (all after TVN unless
+``tvn=False``), ``probe_{task}`` (test balanced accuracy) and ``probe_{task}_val``
+(validation, which chooses b*). See ARCHITECTURE section 4.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from scaling.errors import InputError
+from scaling.evaluate.embed import ModelSpec, embed_wells, load_spec
+from scaling.evaluate.maps import map_benchmarks
+from scaling.evaluate.probes import probe_blocks
+from scaling.evaluate.table import write_embeddings
+from scaling.progress import bar
+from scaling.shards.dataset import open_dataset
+
+BASELINES = ("random-init", "handcrafted", "pixel-pca")
+
+
+def read_truth_tables(truth: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    tables = []
+    for name in ("perturbations", "relationships"):
+        path = truth / f"{name}.parquet"
+        try:
+            tables.append(pd.read_parquet(path))
+        except Exception as e:
+            raise InputError(f"{path}: cannot read the truth table ({e})") from None
+    return tables[0], tables[1]
+
+
+def score_blocks(
+    wells: pd.DataFrame,
+    E: np.ndarray,
+    blocks: list[int],
+    perturbations: pd.DataFrame,
+    relationships: pd.DataFrame,
+    tvn: bool = True,
+    seed: int = 0,
+    progress: bool = True,
+    desc: str = "benchmarks",
+) -> tuple[pd.DataFrame, int]:
+    """E (n_blocks, n_wells, D) -> (tidy metrics block, metric, value; b*)."""
+    probes, best = probe_blocks(wells, E, perturbations, blocks=blocks)
+    rows = []
+    for _, r in probes.iterrows():
+        suffix = "_val" if r["split"] == "validation" else ""
+        rows.append((r["block"], f"probe_{r['task']}{suffix}", r["balanced_accuracy"]))
+    with bar(total=len(blocks), desc=desc, unit="block", enabled=progress) as b:
+        for block, x in zip(blocks, E, strict=True):
+            m = map_benchmarks(wells, x, perturbations, relationships, tvn=tvn, seed=seed)
+            rows += [(block, f"recall_{s}", v) for s, v in m["recall"].items()]
+            rows += [(block, f"consistency_{k}", v) for k, v in m["consistency"].items()]
+            b.update()
+    df = pd.DataFrame(rows, columns=["block", "metric", "value"])
+    return df.astype({"block": "int64", "value": "float64"}), best
+
+
+def evaluate(
+    checkpoint,
+    data,
+    out,
+    baselines: bool = True,
+    tvn: bool = True,
+    batch_size: int = 256,
+    actors: int | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Embed every block of the checkpoint's model, score it and the baselines; write OUT."""
+    from scaling.evaluate.embed import default_actors
+
+    spec = load_spec(checkpoint)
+    ds = open_dataset(data)
+    perturbations, relationships = read_truth_tables(ds.truth)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise InputError(f"{out}: exists and is not empty (pass --overwrite to replace it)")
+    actors = actors or default_actors()
+
+    def embed(s: ModelSpec):
+        wells, e = embed_wells(ds, s, batch_size=batch_size, actors=actors, progress=progress)
+        return wells, e, list(range(1, s.depth + 1))
+
+    models = {"mae": embed(spec)}
+    if baselines:
+        from scaling.evaluate.baselines import handcrafted_wells, pixel_pca_wells
+
+        models["random-init"] = embed(ModelSpec(spec.cfg, None, seed))
+        for name, fn in (("handcrafted", handcrafted_wells), ("pixel-pca", pixel_pca_wells)):
+            wells, x = fn(ds, progress=progress)
+            models[name] = (wells, x[None], [0])
+
+    tmp = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
+    frames, summary = [], {"checkpoint": str(checkpoint), "data": str(data), "tvn": tvn}
+    try:
+        for name, (wells, e, blocks) in models.items():
+            (tmp / "embeddings" / name).mkdir(parents=True)
+            for block, x in zip(blocks, e, strict=True):
+                write_embeddings(tmp / "embeddings" / name / f"block_{block:02d}.parquet", wells, x)
+            df, best = score_blocks(
+                wells,
+                e,
+                blocks,
+                perturbations,
+                relationships,
+                tvn=tvn,
+                seed=seed,
+                progress=progress,
+                desc=f"score {name}",
+            )
+            frames.append(df.assign(model=name))
+            at_best = df[df["block"] == best]
+            summary[name] = {
+                "best_block": int(best),
+                "blocks": len(blocks),
+                **dict(zip(at_best["metric"], at_best["value"].astype(float), strict=True)),
+            }
+        metrics = pd.concat(frames)[["model", "block", "metric", "value"]]
+        metrics.to_parquet(tmp / "metrics.parquet", index=False)
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return summary
