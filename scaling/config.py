@@ -33,6 +33,8 @@ class WorldConfig:
             raise InputError(
                 f"world.preset: unknown preset {self.preset!r} (have {sorted(PRESETS)})"
             )
+        if not PRESETS[self.preset].images:
+            raise InputError(f"world.preset: {self.preset!r} has no images to train on")
 
 
 @dataclass

@@ -35,6 +35,8 @@ def test_int_accepted_for_float_and_null_for_optional():
         ("", ["data.val_fraction=1.5"], "data.val_fraction"),
         ("", ["data.batch_size=true"], "data.batch_size"),
         ("", ["world.preset=huge"], "world.preset"),
+        ("", ["world.preset=genome"], "no images"),
+        ("", ["train.eval_every=-1"], "train.eval_every"),
         ("data: [1, 2]\n", [], "data"),
         ("data:\n  crop: [\n", [], "not valid YAML"),
         ("", ["nokeyvalue"], "key=value"),
