@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 import shutil
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +21,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from scaling.atomic import atomic_folder
 from scaling.errors import InputError
 from scaling.shards.dataset import open_dataset
 from scaling.shards.format import KEY_COLUMNS
@@ -177,16 +176,9 @@ def curate(data, strategy: str, out, seed: int = 0, overwrite: bool = False, **p
         "perturbations": int(chosen.loc[~chosen["is_control"], "perturbation"].nunique()),
         "truth": truth_scores(chosen, ds.truth),
     }
-    tmp = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
-    try:
-        tmp.mkdir(parents=True)
+    with atomic_folder(out) as tmp:
         chosen.to_parquet(tmp / "wells.parquet", index=False)
         if ds.truth.is_dir():
             shutil.copytree(ds.truth, tmp / "truth")
         (tmp / "curation.json").write_text(json.dumps(info, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return info

@@ -19,14 +19,12 @@ Metrics per block: ``recall_{source}`` (known-relationship recall), ``consistenc
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from scaling.atomic import atomic_folder
 from scaling.errors import InputError
 from scaling.evaluate.embed import ModelSpec, embed_wells, load_spec
 from scaling.evaluate.maps import map_benchmarks
@@ -112,9 +110,8 @@ def evaluate(
             wells, x = fn(ds, progress=progress)
             models[name] = (wells, x[None], [0])
 
-    tmp = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
     frames, summary = [], {"checkpoint": str(checkpoint), "data": str(data), "tvn": tvn}
-    try:
+    with atomic_folder(out) as tmp:
         for name, (wells, e, blocks) in models.items():
             (tmp / "embeddings" / name).mkdir(parents=True)
             for block, x in zip(blocks, e, strict=True):
@@ -140,9 +137,4 @@ def evaluate(
         metrics = pd.concat(frames)[["model", "block", "metric", "value"]]
         metrics.to_parquet(tmp / "metrics.parquet", index=False)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return summary

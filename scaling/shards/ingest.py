@@ -40,11 +40,8 @@ memory.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import string
-import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +52,7 @@ import pyarrow.parquet as pq
 import tifffile
 from PIL import Image
 
+from scaling.atomic import atomic_folder
 from scaling.errors import InputError
 from scaling.progress import bar as progress_bar
 from scaling.shards.format import ROWS_PER_GROUP, SCHEMA, WRITE_OPTIONS, site_table
@@ -504,18 +502,12 @@ def group_plates(sites: list[Site]) -> dict[str, list[Site]]:
 
 def write_dataset(plates: dict, out: Path, reader: str, dtype: str, progress: bool) -> None:
     """Write the shards under a hidden sibling of ``out``, then rename it into place."""
-    tmp = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
     total = sum(len(v) for v in plates.values())
-    try:
-        (tmp / "shards").mkdir(parents=True)
+    with atomic_folder(out) as tmp:
+        (tmp / "shards").mkdir()
         with progress_bar(total=total, desc="ingest", unit="site", enabled=progress) as bar:
             for name, sites in plates.items():
                 write_shard(sites, tmp / "shards" / f"{name}.parquet", reader, dtype, bar)
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_shard(sites: list[Site], path: Path, reader: str, dtype: str, bar) -> None:

@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
 import ray
 
+from scaling.atomic import atomic_folder
 from scaling.errors import InputError
 from scaling.parallel import init_ray, parallel_map
 from scaling.shards.format import site_table, write_atomic
@@ -80,11 +78,10 @@ def synthesize(
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise InputError(f"{out}: exists and is not empty (pass --overwrite to replace it)")
-    tmp = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
-    try:
+    with atomic_folder(out) as tmp:
         bio = make_biology(spec, seed)
         plates = make_layout(spec, bio, seed)
-        (tmp / "truth").mkdir(parents=True)
+        (tmp / "truth").mkdir()
         bio.perturbations_table().to_parquet(tmp / "truth" / "perturbations.parquet", index=False)
         bio.relationships_table().to_parquet(tmp / "truth" / "relationships.parquet", index=False)
         sites, extra = 0, {}
@@ -115,9 +112,4 @@ def synthesize(
             **extra,
         }
         (tmp / "world.json").write_text(json.dumps(summary, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return summary
