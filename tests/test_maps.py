@@ -15,15 +15,9 @@ import scipy.linalg
 from scipy import stats
 
 from scaling.errors import InputError
-from scaling.evaluate import maps
-from scaling.evaluate.maps import (
-    aggregate,
-    null_percentiles,
-    perturbation_pvalues,
-    relationship_recall,
-    replicate_consistency,
-    unit_rows,
-)
+from scaling.evaluate import consistency, recall
+from scaling.evaluate.consistency import perturbation_pvalues, replicate_consistency
+from scaling.evaluate.recall import aggregate, null_percentiles, relationship_recall, unit_rows
 from scaling.evaluate.table import read_embeddings, write_embeddings
 from scaling.evaluate.tvn import tvn
 from tests.conftest import run_cli
@@ -184,7 +178,7 @@ def test_recall_matches_brute_force(kwargs):
     assert ours["complex"] > 0.3 > ours["random"]
 
 
-@pytest.mark.parametrize("direct", [maps.DIRECT, 0])
+@pytest.mark.parametrize("direct", [recall.DIRECT, 0])
 def test_recall_counts_ties_at_the_percentiles(direct):
     # 20 genes on one axis, 20 on another: the null is 380 ones and 400 zeros, so its 5th
     # percentile is exactly 0 and a pair across the axes (cosine 0) sits on it: it counts
@@ -200,8 +194,8 @@ def test_null_percentiles_are_numpy_percentiles_on_every_path(monkeypatch):
     q = [0, 5, 37.3, 95, 100]
     ref = np.percentile(full, q)
     scans = []
-    scan = maps._scan
-    monkeypatch.setattr(maps, "_scan", lambda *a: scans.append(1) or scan(*a))
+    scan = recall._scan
+    monkeypatch.setattr(recall, "_scan", lambda *a: scans.append(1) or scan(*a))
     for kw in (
         {},
         {"tile": 100},
@@ -224,7 +218,7 @@ def test_random_map_recall_is_chance():
     rel[["gene_a", "gene_b"]] = rel[["gene_a", "gene_b"]].map(lambda i: f"G{i}")
     r = relationship_recall(names, rng.standard_normal((P, 32)), rel, direct=0)["random"]
     assert 0.09 < r < 0.11
-    assert abs(maps.CHANCE - 0.10) < 1e-12
+    assert abs(recall.CHANCE - 0.10) < 1e-12
 
 
 # ---------------------------------------------------------------- replicate consistency
@@ -262,7 +256,7 @@ def test_consistency_matches_brute_force():
         and w[i]["perturbation"] == w[j]["perturbation"]
         and w[i]["experiment"] != w[j]["experiment"]
     ]
-    u, v = maps.null_pairs(wells, len(matched), np.random.default_rng([0, 1]))
+    u, v = consistency.null_pairs(wells, len(matched), np.random.default_rng([0, 1]))
     assert len(u) == len(matched)
     for i, j in zip(u, v, strict=True):  # the null's pairs obey its definition
         assert not w[i]["is_control"] and not w[j]["is_control"]
@@ -282,7 +276,7 @@ def test_pvalues_follow_their_formula():
     rng = np.random.default_rng(6)
     wells, X = replicate_world(rng)
     X64 = X.astype(np.float64)
-    table, nulls = maps._pvalues(wells, unit_rows(X), seed=0, n_null=200)
+    table, nulls = consistency._pvalues(wells, unit_rows(X), seed=0, n_null=200)
     w = wells.to_dict("records")
 
     def score(members):  # mean cosine over cross-experiment pairs, by loops
@@ -332,7 +326,7 @@ def test_pvalue_counts_null_scores_equal_to_the_score():
         }
     )
     X = np.array([e1, e1, e1, e2, e1, e1], dtype=np.float32)
-    table, [(_, sets)] = maps._pvalues(wells, unit_rows(X), seed=0, n_null=400)
+    table, [(_, sets)] = consistency._pvalues(wells, unit_rows(X), seed=0, n_null=400)
     ties = int(sum(X[a] @ X[b] == 1.0 for a, b in sets))
     assert 150 < ties < 250 and table.score[0] == 1.0
     assert table.p_value[0] == pytest.approx((ties + 1) / 401)

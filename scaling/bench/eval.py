@@ -24,7 +24,8 @@ import numpy as np
 
 from scaling.bench import line
 from scaling.errors import InputError
-from scaling.evaluate.maps import aggregate, map_benchmarks, relationship_recall, unit_rows
+from scaling.evaluate.maps import map_benchmarks
+from scaling.evaluate.recall import aggregate, relationship_recall, unit_rows
 from scaling.evaluate.table import read_embeddings, read_truth
 from scaling.evaluate.tvn import tvn
 

@@ -73,7 +73,7 @@ def phenoprints_selection(
 ) -> np.ndarray:
     """Consistency-curated wells (ARCHITECTURE section 1, "Phenoprints"): a perturbation is
     kept when its replicate consistency under a reference embedding beats the control null
-    at ``p < p_value`` (``maps.perturbation_pvalues`` after TVN) and it appears in at least
+    at ``p < p_value`` (``consistency.perturbation_pvalues`` after TVN) and it appears in at least
     ``min_experiments`` experiments and ``min_wells`` wells; plus a random
     ``control_fraction`` of the control wells.
 
@@ -83,7 +83,7 @@ def phenoprints_selection(
     experiments; the median wells per perturbation), so the paper's 3 experiments and 20
     wells apply to whole-genome screens and a small world is not emptied by them.
     """
-    from scaling.evaluate.maps import perturbation_pvalues
+    from scaling.evaluate.consistency import perturbation_pvalues
     from scaling.evaluate.tvn import tvn
 
     if not 0 < p_value < 1:
