@@ -129,6 +129,26 @@ def cmd_pretrain(a) -> int:
     return 0
 
 
+def cmd_sweep(a) -> int:
+    from scaling.config import load_config
+    from scaling.sweep.tune import sweep
+
+    cfg = load_config(a.config, a.overrides)
+    r = sweep(cfg)
+    b = r["best"]
+    params = ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in b["params"].items()
+    )
+    print(
+        f"{r['trials']} trials{' (restored)' if r['restored'] else ''}: "
+        f"{r['stopped_early']} stopped early by ASHA, {r['errored']} failed; {r['trials_csv']}"
+    )
+    print(f"best {b['trial_id']}: {r['metric']} {b[r['metric']]:.4f} at step {b['steps']}")
+    print(f"  {params}")
+    print(f"  config: {r['best_yaml']}")
+    return 0
+
+
 def cmd_bench(a) -> int:
     from scaling.bench import run_bench
 
@@ -262,6 +282,10 @@ def parser() -> argparse.ArgumentParser:
     _config_args(s)
     s.add_argument("--resume", help="a checkpoint folder to start from")
     s.set_defaults(fn=cmd_pretrain)
+
+    s = sub.add_parser("sweep", help="a Ray Tune search over pretraining runs, with ASHA")
+    _config_args(s)
+    s.set_defaults(fn=cmd_sweep)
 
     s = sub.add_parser("bench", help="benchmarks, ours beside an anchor")
     s.add_argument("what", choices=["data", "model", "eval", "flops"])

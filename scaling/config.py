@@ -149,12 +149,49 @@ class RunSection:
 
 
 @dataclass
+class SweepConfig:
+    """``scaling sweep``: a Ray Tune search over configuration keys, pruned by ASHA.
+
+    ``space`` maps dotted configuration keys to one spec each: ``{loguniform: [lo, hi]}``,
+    ``{uniform: [lo, hi]}``, ``{randint: [lo, hi]}`` (hi exclusive) or ``{choice: [...]}``.
+    """
+
+    trials: int = 8  # Tune's num_samples
+    metric: str = "val_loss"  # or a probe metric, e.g. probe_best_val (needs train.eval_every)
+    mode: Literal["min", "max"] | None = None  # None: min for losses, max otherwise
+    space: dict = field(default_factory=dict)
+    grace_period: int = 5  # ASHA: steps every trial runs before it can be stopped
+    reduction_factor: int = 2  # ASHA: keep the best 1/reduction_factor at each rung
+    max_concurrent: int = 0  # 0: as many trials as the cluster's CPUs (or GPUs) hold
+    seed: int = 0  # the random search's seed
+
+    def validate(self) -> None:
+        if self.trials < 1:
+            raise InputError(f"sweep.trials: must be positive, got {self.trials}")
+        if self.grace_period < 1 or self.reduction_factor < 2:
+            raise InputError(
+                "sweep.grace_period must be positive and sweep.reduction_factor at least 2"
+            )
+        if self.max_concurrent < 0:
+            raise InputError(f"sweep.max_concurrent: must be >= 0, got {self.max_concurrent}")
+        if not self.metric:
+            raise InputError("sweep.metric: must not be empty")
+
+    @property
+    def direction(self) -> str:
+        if self.mode is not None:
+            return self.mode
+        return "min" if "loss" in self.metric else "max"
+
+
+@dataclass
 class Config:
     world: WorldConfig = field(default_factory=WorldConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunSection = field(default_factory=RunSection)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):
@@ -245,7 +282,10 @@ def _coerce(tp, value, key: str, where: str):
         if value not in typing.get_args(tp):
             raise InputError(f"{where}: {key} must be one of {typing.get_args(tp)}, got {value!r}")
         return value
-    if tp is bool:
+    if tp is dict:
+        if isinstance(value, dict):
+            return value
+    elif tp is bool:
         if isinstance(value, bool):
             return value
     elif tp is int:

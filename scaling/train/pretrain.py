@@ -30,11 +30,9 @@ from scaling.stream.pipeline import (
 )
 
 
-def pretrain(cfg: Config, resume: str | None = None) -> dict:
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from scaling.train.loop import check_deepspeed_config, train_loop
+def check_run(cfg: Config) -> None:
+    """The checks made before any data is read: DeepSpeed's view and the crop geometry."""
+    from scaling.train.loop import check_deepspeed_config
 
     check_deepspeed_config(cfg)
     size = SIZES[cfg.model.name]
@@ -43,16 +41,33 @@ def pretrain(cfg: Config, resume: str | None = None) -> dict:
             f"data.crop: {cfg.data.crop} is not a multiple of {cfg.model.name}'s "
             f"patch ({size.patch})"
         )
-    run_dir = Path(cfg.run.dir).resolve()
-    if resume is not None and not Path(resume).is_dir():
-        raise InputError(f"--resume: no checkpoint folder {resume}")
-    data = cfg.data.path
-    if data is None:
-        data = str(run_dir / "world")
-        if not (Path(data) / "world.json").is_file():
-            from scaling.world.synth import synthesize
 
-            synthesize(data, preset=cfg.world.preset, seed=cfg.world.seed, overwrite=True)
+
+def prepare_data(cfg: Config) -> str:
+    """``data.path``, or the configured synthetic world under ``run.dir`` (made once)."""
+    if cfg.data.path is not None:
+        return cfg.data.path
+    data = str(Path(cfg.run.dir).resolve() / "world")
+    if not (Path(data) / "world.json").is_file():
+        from scaling.world.synth import synthesize
+
+        synthesize(data, preset=cfg.world.preset, seed=cfg.world.seed, overwrite=True)
+    return data
+
+
+def build_trainer(
+    cfg: Config,
+    data: str,
+    run_config,
+    resume: str | None = None,
+):
+    """The ``TorchTrainer`` of one run on ``data``: validation tiles, probe set and the crop
+    stream planned for enough epochs (from the checkpoint's position when resuming)."""
+    from ray.train import ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from scaling.train.loop import train_loop
+
     ds = open_dataset(data)
     val = validation_tiles(ds, cfg.data)  # also checks crop against the site size
     probes = None
@@ -72,7 +87,7 @@ def pretrain(cfg: Config, resume: str | None = None) -> dict:
     start = tasks_within(parts, crops, cfg.data.seed, epochs, done)
 
     init_ray()
-    trainer = TorchTrainer(
+    return TorchTrainer(
         train_loop,
         train_loop_config={
             "cfg": to_dict(cfg),
@@ -87,12 +102,28 @@ def pretrain(cfg: Config, resume: str | None = None) -> dict:
             resources_per_worker={"CPU": cfg.train.cpus_per_worker},
         ),
         datasets={"train": crop_stream(ds, cfg.data, epochs=epochs, start=start)},
-        run_config=RunConfig(
+        run_config=run_config,
+    )
+
+
+def pretrain(cfg: Config, resume: str | None = None) -> dict:
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+
+    check_run(cfg)
+    run_dir = Path(cfg.run.dir).resolve()
+    if resume is not None and not Path(resume).is_dir():
+        raise InputError(f"--resume: no checkpoint folder {resume}")
+    data = prepare_data(cfg)
+    trainer = build_trainer(
+        cfg,
+        data,
+        RunConfig(
             storage_path=str(run_dir),
             name="ray",
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
         ),
+        resume=resume,
     )
     result = trainer.fit()
     m = result.metrics

@@ -1,0 +1,1 @@
+"""``scaling sweep``: Ray Tune searches over pretraining configurations."""
