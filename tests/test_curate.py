@@ -3,9 +3,9 @@ import json
 import pandas as pd
 import pytest
 
-from scaling.curate.select import curate, well_table
+from scaling.curate.select import curate
 from scaling.errors import InputError
-from scaling.shards.dataset import open_dataset
+from scaling.shards.dataset import open_dataset, well_table
 from scaling.shards.inspect import inspect_dataset
 
 

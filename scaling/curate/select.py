@@ -19,23 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
 from scaling.atomic import atomic_folder
 from scaling.errors import InputError
-from scaling.shards.dataset import open_dataset
+from scaling.shards.dataset import open_dataset, well_table
 from scaling.shards.format import KEY_COLUMNS
-
-
-def well_table(ds) -> pd.DataFrame:
-    """One row per well of the dataset (metadata only, pixels are not read)."""
-    cols = KEY_COLUMNS + ["perturbation", "is_control"]
-    frames = [pq.read_table(f, columns=cols).to_pandas() for f in ds.files]
-    wells = pd.concat(frames).drop_duplicates(KEY_COLUMNS).reset_index(drop=True)
-    if ds.wells is not None:
-        keep = ds.wells.to_pandas()
-        wells = wells.merge(keep, on=KEY_COLUMNS)
-    return wells
 
 
 def random_selection(

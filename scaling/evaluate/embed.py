@@ -31,11 +31,9 @@ from scaling.errors import InputError
 from scaling.model.mae import MAE
 from scaling.model.sizes import SIZES
 from scaling.progress import bar
-from scaling.shards.dataset import Dataset, open_dataset, well_keys
+from scaling.shards.dataset import Dataset, open_dataset, well_keys, well_table
 from scaling.shards.format import KEY_COLUMNS
 from scaling.stream.crops import decode_sites, grid_tiles
-
-WELL_COLUMNS = KEY_COLUMNS + ["perturbation", "is_control"]
 
 
 @dataclass
@@ -121,17 +119,6 @@ def shard_tiles(item: dict, crop: int, keys: list[str] | None) -> dict:
     return {"key": np.repeat(key, [len(t) for t in tiles]), "tiles": np.concatenate(tiles)}
 
 
-def well_table(ds: Dataset) -> pd.DataFrame:
-    """Wells of the dataset (its selection, if a curation), sorted by key, with ``key``."""
-    frames = [pq.read_table(f, columns=WELL_COLUMNS) for f in ds.files]
-    t = pa.concat_tables(frames)
-    wells = t.to_pandas().assign(key=well_keys(t).to_numpy(zero_copy_only=False))
-    wells = wells.drop_duplicates("key")
-    if ds.wells is not None:
-        wells = wells[wells["key"].isin(ds.selected_keys())]
-    return wells.sort_values(KEY_COLUMNS).reset_index(drop=True)
-
-
 def embed_wells(
     data,
     spec: ModelSpec,
@@ -145,15 +132,16 @@ def embed_wells(
     from scaling.parallel import init_ray
 
     ds = data if isinstance(data, Dataset) else open_dataset(data)
-    wells = well_table(ds)
+    wells = well_table(ds).sort_values(KEY_COLUMNS).reset_index(drop=True)
     if not len(wells):
         raise InputError(f"{ds.root}: no wells to embed")
-    keys = None if ds.wells is None else sorted(ds.selected_keys())
+    keys = well_keys(pa.Table.from_pandas(wells[KEY_COLUMNS])).to_pylist()
+    selected = None if ds.wells is None else keys  # a curation: read only its wells
     init_ray()
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     tiles = ray.data.from_items(
         [{"file": str(f)} for f in ds.files], override_num_blocks=len(ds.files)
-    ).map_batches(shard_tiles, batch_size=1, fn_kwargs={"crop": spec.crop, "keys": keys})
+    ).map_batches(shard_tiles, batch_size=1, fn_kwargs={"crop": spec.crop, "keys": selected})
     emb = tiles.map_batches(
         Embedder,
         fn_constructor_kwargs={"spec": spec, "threads": max(1, int(cpus_per_actor))},
@@ -162,22 +150,21 @@ def embed_wells(
         num_cpus=cpus_per_actor,
         num_gpus=gpus,
     )
-    row = {k: i for i, k in enumerate(wells["key"])}
+    row = {k: i for i, k in enumerate(keys)}
     width = SIZES[spec.cfg.model.name].width
-    sums = np.zeros((spec.depth, len(wells), width), np.float64)
+    sums = np.zeros((len(wells), spec.depth, width), np.float64)  # (wells, blocks, D)
     counts = np.zeros(len(wells), np.int64)
     with bar(total=len(wells), desc="embed", unit="well", enabled=progress) as b:
         for batch in emb.iter_batches(batch_size=None, batch_format="numpy"):
             idx = np.fromiter((row[k] for k in batch["key"]), np.int64, len(batch["key"]))
             before = int((counts > 0).sum())
             np.add.at(counts, idx, 1)
-            for blk in range(spec.depth):
-                np.add.at(sums[blk], idx, batch["emb"][:, blk])
+            np.add.at(sums, idx, batch["emb"])
             b.update(int((counts > 0).sum()) - before)
     if (counts == 0).any():
-        missing = wells["key"][counts == 0].iloc[0]
+        missing = keys[int(np.argmax(counts == 0))]
         raise InputError(f"{ds.root}: well {missing} has no tile of {spec.crop} px")
-    return wells.drop(columns="key"), (sums / counts[None, :, None]).astype(np.float32)
+    return wells, (sums / counts[:, None, None]).transpose(1, 0, 2).astype(np.float32)
 
 
 def default_actors() -> int:

@@ -26,25 +26,14 @@ import pandas as pd
 
 from scaling.atomic import atomic_folder
 from scaling.errors import InputError
-from scaling.evaluate.embed import ModelSpec, embed_wells, load_spec
+from scaling.evaluate.embed import ModelSpec, default_actors, embed_wells, load_spec
 from scaling.evaluate.maps import map_benchmarks
 from scaling.evaluate.probes import probe_blocks
-from scaling.evaluate.table import write_embeddings
+from scaling.evaluate.table import read_truth, write_embeddings
 from scaling.progress import bar
 from scaling.shards.dataset import open_dataset
 
 BASELINES = ("random-init", "handcrafted", "pixel-pca")
-
-
-def read_truth_tables(truth: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    tables = []
-    for name in ("perturbations", "relationships"):
-        path = truth / f"{name}.parquet"
-        try:
-            tables.append(pd.read_parquet(path))
-        except Exception as e:
-            raise InputError(f"{path}: cannot read the truth table ({e})") from None
-    return tables[0], tables[1]
 
 
 def score_blocks(
@@ -87,11 +76,9 @@ def evaluate(
     progress: bool = True,
 ) -> dict:
     """Embed every block of the checkpoint's model, score it and the baselines; write OUT."""
-    from scaling.evaluate.embed import default_actors
-
     spec = load_spec(checkpoint)
     ds = open_dataset(data)
-    perturbations, relationships = read_truth_tables(ds.truth)
+    perturbations, relationships = read_truth(ds.truth)
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise InputError(f"{out}: exists and is not empty (pass --overwrite to replace it)")

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -38,6 +39,17 @@ def well_keys(table: pa.Table) -> pa.Array:
     """One string per row: experiment/plate/well."""
     cols = [pc.cast(table.column(c), pa.string()) for c in KEY_COLUMNS]
     return pc.binary_join_element_wise(*cols, "/")
+
+
+def well_table(ds: Dataset) -> pd.DataFrame:
+    """One row per well of the dataset, in file order (its selection, if a curation):
+    experiment, plate, well, perturbation, is_control. Metadata only, no pixels read."""
+    cols = KEY_COLUMNS + ["perturbation", "is_control"]
+    frames = [pq.read_table(f, columns=cols).to_pandas() for f in ds.files]
+    wells = pd.concat(frames).drop_duplicates(KEY_COLUMNS).reset_index(drop=True)
+    if ds.wells is not None:
+        wells = wells.merge(ds.wells.to_pandas(), on=KEY_COLUMNS)
+    return wells
 
 
 def open_dataset(path) -> Dataset:
