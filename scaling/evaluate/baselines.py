@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 import torch
@@ -32,7 +30,7 @@ from scipy import ndimage as ndi
 
 from scaling.errors import InputError
 from scaling.parallel import init_ray, parallel_map
-from scaling.shards.dataset import Dataset, open_dataset, well_keys
+from scaling.shards.dataset import Dataset, open_dataset, read_selected
 from scaling.shards.format import CHANNELS, KEY_COLUMNS
 from scaling.stream.crops import decode_sites, held_out, self_standardize, site_ids
 
@@ -205,10 +203,7 @@ def site_features(site: np.ndarray) -> np.ndarray:
 
 def _shard_sites(path: str, selected: frozenset | None) -> tuple[pd.DataFrame, list[np.ndarray]]:
     """One shard's selected sites: (metadata per site, arrays (C, H, W))."""
-    table = pq.read_table(path)
-    if selected is not None:
-        keep = pc.is_in(well_keys(table), value_set=pa.array(sorted(selected), pa.string()))
-        table = table.filter(keep)
+    table = read_selected(path, selected)
     meta = table.select(WELL_COLUMNS + ["site"]).to_pandas()
     meta["site_id"] = site_ids(table)
     return meta, decode_sites(table)

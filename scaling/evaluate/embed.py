@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 import torch
 
@@ -31,7 +30,7 @@ from scaling.errors import InputError
 from scaling.model.mae import MAE
 from scaling.model.sizes import SIZES
 from scaling.progress import bar
-from scaling.shards.dataset import Dataset, open_dataset, well_keys, well_table
+from scaling.shards.dataset import Dataset, open_dataset, read_selected, well_keys, well_table
 from scaling.shards.format import KEY_COLUMNS
 from scaling.stream.crops import decode_sites, grid_tiles
 
@@ -109,9 +108,7 @@ class Embedder:
 
 def shard_tiles(item: dict, crop: int, keys: list[str] | None) -> dict:
     """One shard -> its sites' grid tiles with their well keys (a Ray Data map step)."""
-    table = pq.read_table(str(item["file"][0]))
-    if keys is not None:
-        table = table.filter(pa.compute.is_in(well_keys(table), pa.array(keys)))
+    table = read_selected(str(item["file"][0]), keys)
     if table.num_rows == 0:
         return {"key": np.array([], dtype=object), "tiles": np.zeros((0, 1, crop, crop), np.uint8)}
     tiles = [grid_tiles(s, crop) for s in decode_sites(table)]

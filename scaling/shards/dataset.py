@@ -41,6 +41,14 @@ def well_keys(table: pa.Table) -> pa.Array:
     return pc.binary_join_element_wise(*cols, "/")
 
 
+def read_selected(path, keys=None) -> pa.Table:
+    """One shard's rows whose well (``well_keys``) is in ``keys``; every row when None."""
+    table = pq.read_table(path)
+    if keys is None:
+        return table
+    return table.filter(pc.is_in(well_keys(table), value_set=pa.array(sorted(keys), pa.string())))
+
+
 def well_table(ds: Dataset) -> pd.DataFrame:
     """One row per well of the dataset, in file order (its selection, if a curation):
     experiment, plate, well, perturbation, is_control. Metadata only, no pixels read."""
