@@ -129,6 +129,21 @@ def cmd_pretrain(a) -> int:
     return 0
 
 
+def cmd_ladder(a) -> int:
+    from scaling.config import load_config
+    from scaling.ladder.grid import ladder
+
+    r = ladder(load_config(a.config, a.overrides))
+    print(
+        f"{r['runs']} runs: {len(r['ran'])} ran, {r['skipped']} already done, "
+        f"{len(r['failed'])} failed, in {r['wall_s']:.0f} s; {r['runs_parquet']}, "
+        f"{r['metrics_parquet']}"
+    )
+    for run_id, err in r["failed"].items():
+        print(f"failed: {run_id} ({err}); run the same command again to retry", file=sys.stderr)
+    return 1 if r["failed"] else 0
+
+
 def cmd_sweep(a) -> int:
     from scaling.config import load_config
     from scaling.sweep.tune import sweep
@@ -286,6 +301,10 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sweep", help="a Ray Tune search over pretraining runs, with ASHA")
     _config_args(s)
     s.set_defaults(fn=cmd_sweep)
+
+    s = sub.add_parser("ladder", help="the grid of sizes x curations x budgets: runs, metrics")
+    _config_args(s)
+    s.set_defaults(fn=cmd_ladder)
 
     s = sub.add_parser("bench", help="benchmarks, ours beside an anchor")
     s.add_argument("what", choices=["data", "model", "eval", "flops"])

@@ -185,6 +185,69 @@ class SweepConfig:
 
 
 @dataclass
+class LadderConfig:
+    """``scaling ladder``: every size x curation x budget, each a pretraining run then an
+    evaluation of every block. The rest of the file is the base config of every run.
+
+    ``curations`` maps a name to ``{strategy: random|phenoprints|none, ...options}`` (the
+    options of ``scaling curate``; ``like: NAME`` draws as many wells as curation NAME keeps;
+    ``none`` trains on the whole dataset). A budget is training FLOPs or crops seen
+    (``budget_unit``); a run's steps are the budget over its per-step cost. Learning rate per
+    size: ``lr`` (size -> lr), else a sweep's ``best`` (size -> best.yaml, whose train and
+    model keys the run takes), else the rule ``lr_rule``: ``constant`` (train.lr) or
+    ``inverse-width`` (train.lr * lr_ref_width / width).
+    """
+
+    sizes: list[str] = field(default_factory=list)
+    curations: dict = field(default_factory=dict)
+    budgets: list[float] = field(default_factory=list)
+    budget_unit: Literal["flops", "crops"] = "flops"
+    lr: dict = field(default_factory=dict)
+    best: dict = field(default_factory=dict)
+    lr_rule: Literal["constant", "inverse-width"] = "constant"
+    lr_ref_width: int = 64
+    min_steps: int = 5  # a budget below this many steps is refused
+    max_concurrent: int = 0  # 0: as many runs as the cluster's CPUs (or GPUs) hold
+    baselines: bool = True  # random-init of every size, hand-crafted and pixel features
+    eval_batch_size: int = 256
+    retries: int = 1  # attempts of a failed run within one invocation, after the first
+
+    def validate(self) -> None:
+        from scaling.curate.select import STRATEGIES
+        from scaling.model.sizes import SIZES
+
+        for s in self.sizes:
+            if s not in SIZES:
+                raise InputError(f"ladder.sizes: unknown size {s!r} (have {', '.join(SIZES)})")
+        for name, c in self.curations.items():
+            if not isinstance(c, dict) or "strategy" not in c:
+                raise InputError(f"ladder.curations.{name}: needs a strategy")
+            if c["strategy"] not in (*STRATEGIES, "none"):
+                raise InputError(
+                    f"ladder.curations.{name}.strategy: {c['strategy']!r} is not one of "
+                    f"{', '.join((*STRATEGIES, 'none'))}"
+                )
+            if "like" in c and c["like"] not in self.curations:
+                raise InputError(f"ladder.curations.{name}.like: no curation {c['like']!r}")
+        for b in self.budgets:
+            if not b > 0:
+                raise InputError(f"ladder.budgets: {b!r} is not a positive number")
+        for key in ("lr", "best"):
+            for s in getattr(self, key):
+                if s not in self.sizes:
+                    raise InputError(f"ladder.{key}.{s}: not one of ladder.sizes")
+        for s, path in self.best.items():
+            if not Path(path).is_file():
+                raise InputError(f"ladder.best.{s}: no file {path}")
+        if self.min_steps < 1 or self.max_concurrent < 0 or self.retries < 0:
+            raise InputError("ladder.min_steps must be >= 1, max_concurrent and retries >= 0")
+
+    @property
+    def active(self) -> bool:
+        return bool(self.sizes or self.curations or self.budgets)
+
+
+@dataclass
 class Config:
     world: WorldConfig = field(default_factory=WorldConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -192,6 +255,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunSection = field(default_factory=RunSection)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    ladder: LadderConfig = field(default_factory=LadderConfig)
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):
@@ -225,6 +289,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple = (
             if not isinstance(node, dict):
                 raise InputError(f"--set {key}: {p!r} is not a section")
         node[leaf] = yaml.safe_load(value) if value != "" else None
+    cfg = _build(Config, raw, "", where)
+    cfg.validate()
+    return cfg
+
+
+def apply(base: dict, values: dict[str, object], where: str = "config") -> Config:
+    """The configuration ``base`` (a ``to_dict``) with dotted ``values`` set; validated."""
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
+    for key, value in values.items():
+        *parents, leaf = key.split(".")
+        node = raw
+        for p in parents:
+            node[p] = node = dict(node[p])
+        node[leaf] = value
     cfg = _build(Config, raw, "", where)
     cfg.validate()
     return cfg
@@ -294,6 +372,11 @@ def _coerce(tp, value, key: str, where: str):
     elif tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e12 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif tp is str:
         if isinstance(value, str):
             return value

@@ -11,14 +11,15 @@ import ray
 from scaling.progress import bar
 
 
-def init_ray(num_cpus: int | None = None) -> None:
+def init_ray(num_cpus: int | None = None, logs: bool = True) -> None:
     """Join the cluster named by RAY_ADDRESS (``ray job submit`` sets it), else start a local
-    instance. The dashboard is off for local tool runs; nothing binds a public address."""
+    instance. The dashboard is off for local tool runs; nothing binds a public address.
+    ``logs=False`` keeps the workers' output in Ray's session logs, off this terminal."""
     if ray.is_initialized():
         return
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # progress bars, not log lines
     address = os.environ.get("RAY_ADDRESS")
-    quiet = dict(log_to_driver=True, logging_level=logging.WARNING)  # our own output leads
+    quiet = dict(log_to_driver=logs, logging_level=logging.WARNING)  # our own output leads
     if address:
         ray.init(address=address, **quiet)
     else:

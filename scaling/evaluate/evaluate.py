@@ -77,6 +77,39 @@ def evaluate(
 ) -> dict:
     """Embed every block of the checkpoint's model, score it and the baselines; write OUT."""
     spec = load_spec(checkpoint)
+    specs = {"mae": spec}
+    if baselines:
+        specs["random-init"] = ModelSpec(spec.cfg, None, seed)
+    return evaluate_models(
+        specs,
+        data,
+        out,
+        features=baselines,
+        tvn=tvn,
+        batch_size=batch_size,
+        actors=actors,
+        seed=seed,
+        overwrite=overwrite,
+        progress=progress,
+        info={"checkpoint": str(checkpoint)},
+    )
+
+
+def evaluate_models(
+    specs: dict[str, ModelSpec],
+    data,
+    out,
+    features: bool = False,
+    tvn: bool = True,
+    batch_size: int = 256,
+    actors: int | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+    info: dict | None = None,
+) -> dict:
+    """Embed every block of each named model (and, with ``features``, the hand-crafted and
+    pixel baselines), score them on ``data`` and write OUT; returns the summary."""
     ds = open_dataset(data)
     perturbations, relationships = read_truth(ds.truth)
     out = Path(out)
@@ -84,20 +117,18 @@ def evaluate(
         raise InputError(f"{out}: exists and is not empty (pass --overwrite to replace it)")
     actors = actors or default_actors()
 
-    def embed(s: ModelSpec):
+    models = {}
+    for name, s in specs.items():
         wells, e = embed_wells(ds, s, batch_size=batch_size, actors=actors, progress=progress)
-        return wells, e, list(range(1, s.depth + 1))
-
-    models = {"mae": embed(spec)}
-    if baselines:
+        models[name] = (wells, e, list(range(1, s.depth + 1)))
+    if features:
         from scaling.evaluate.baselines import handcrafted_wells, pixel_pca_wells
 
-        models["random-init"] = embed(ModelSpec(spec.cfg, None, seed))
         for name, fn in (("handcrafted", handcrafted_wells), ("pixel-pca", pixel_pca_wells)):
             wells, x = fn(ds, progress=progress)
             models[name] = (wells, x[None], [0])
 
-    frames, summary = [], {"checkpoint": str(checkpoint), "data": str(data), "tvn": tvn}
+    frames, summary = [], {**(info or {}), "data": str(data), "tvn": tvn}
     with atomic_folder(out) as tmp:
         for name, (wells, e, blocks) in models.items():
             (tmp / "embeddings" / name).mkdir(parents=True)

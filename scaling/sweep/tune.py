@@ -24,7 +24,7 @@ import math
 import os
 from pathlib import Path
 
-from scaling.config import Config, _build, dump_config, to_dict
+from scaling.config import Config, apply, dump_config, to_dict
 from scaling.errors import InputError
 
 SPECS = ("loguniform", "uniform", "randint", "choice")
@@ -73,20 +73,6 @@ def _spec_values(key: str, spec: dict) -> tuple[str, list]:
     return kind, [lo, hi]
 
 
-def apply(base: dict, values: dict[str, object]) -> Config:
-    """The configuration ``base`` (a ``to_dict``) with dotted ``values`` set; validated."""
-    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
-    for key, value in values.items():
-        *parents, leaf = key.split(".")
-        node = raw
-        for p in parents:
-            node[p] = node = dict(node[p])
-        node[leaf] = value
-    cfg = _build(Config, raw, "", "sweep.space")
-    cfg.validate()
-    return cfg
-
-
 def check_space(cfg: Config) -> dict[str, dict]:
     """Every key of ``sweep.space`` is a configuration key and every value it can take makes
     a valid configuration; the metric is in every report. Before Ray starts."""
@@ -108,7 +94,7 @@ def check_space(cfg: Config) -> dict[str, dict]:
             if kind == "randint":
                 v = int(v)
             try:
-                apply(base, {key: v})
+                apply(base, {key: v}, "sweep.space")
             except InputError as e:
                 raise InputError(f"sweep.space.{key}: {v!r} is not valid ({e})") from None
     t, metric = cfg.train, cfg.sweep.metric
@@ -163,7 +149,7 @@ def _trainable(base: dict, data: str, trials_dir: str):
 
         from scaling.train.pretrain import build_trainer
 
-        cfg = apply(base, _values(config))
+        cfg = apply(base, _values(config), "sweep.space")
         trial_id = ray.tune.get_context().get_trial_id()
         trainer = build_trainer(
             cfg,

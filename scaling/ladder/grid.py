@@ -1,0 +1,346 @@
+"""``scaling ladder``: the grid of sizes x curations x budgets, each run pretrained and then
+evaluated at every block, gathered into ``runs.parquet`` and ``metrics.parquet``.
+
+Layout under ``run.dir``::
+
+    world/                      the synthetic world, when data.path is unset
+    curations/{name}/           each curation of the data (reused when unchanged)
+    baselines/                  random-init of every size, hand-crafted, pixel PCA (scored once)
+    runs/{run_id}/              one pretraining run (Ray storage, result.json), its eval/,
+                                row.json when finished, error.txt when its last attempt failed
+    runs.parquet                one row a run: run_id, model, params (encoder), curation,
+                                crops_seen, flops, loss, kind (mae | baseline), depth, ...
+    metrics.parquet             run_id, block, metric, value
+
+Idempotent and resumable: a run whose ``row.json`` carries its configuration's fingerprint
+is done and skipped; any other run is (re)started, and a run interrupted mid-training
+resumes from its latest checkpoint (Ray Train V2 restores from the same storage). Runs go
+out as Ray tasks, as many at once as the cluster holds. The tables are rewritten after
+every run, so they are complete up to the last run that finished.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import traceback
+from pathlib import Path
+
+import pandas as pd
+
+from scaling.config import Config, apply, dump_config, to_dict
+from scaling.errors import InputError
+from scaling.ladder.plan import RunPlan, plan_runs, size_values
+from scaling.model.sizes import SIZES
+from scaling.progress import bar
+
+RUN_CPU = 0.01  # the task that drives one run: Train workers and Ray Data hold their own
+
+
+def write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def write_parquet(path: Path, df: pd.DataFrame) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def encoder_params(size: str, crop: int) -> int:
+    import torch
+
+    from scaling.model.mae import MAE
+
+    with torch.device("meta"):
+        return MAE(SIZES[size], img_size=crop).param_counts()["encoder"]
+
+
+def check_ladder(cfg: Config) -> None:
+    """Everything that can be checked before data is read or resources are requested."""
+    from scaling.train.pretrain import check_run
+
+    ld = cfg.ladder
+    for key in ("sizes", "curations", "budgets"):
+        if not getattr(ld, key):
+            raise InputError(f"ladder.{key}: empty (a ladder needs sizes, curations and budgets)")
+    for size in ld.sizes:
+        check_run(apply(to_dict(cfg), size_values(cfg, size), f"ladder ({size})"))
+
+
+def prepare_curations(cfg: Config, world: str, ladder_dir: Path, log) -> dict[str, str]:
+    """Each curation's data folder: made under ``curations/``, reused when its recipe and
+    source are unchanged. ``strategy: none`` is the whole dataset."""
+    from scaling.curate.select import curate
+
+    ld, out, info = cfg.ladder, {}, {}
+    order = sorted(ld.curations, key=lambda n: "like" in ld.curations[n])  # `like` goes last
+    for name in order:
+        spec = dict(ld.curations[name])
+        strategy = spec.pop("strategy")
+        if strategy == "none":
+            out[name] = world
+            continue
+        like = spec.pop("like", None)
+        if like is not None:
+            spec["wells_count"] = info[like]["wells"]
+        folder = ladder_dir / "curations" / name
+        done = folder / "curation.json"
+        if done.is_file():
+            old = json.loads(done.read_text())
+            same = old["strategy"] == strategy and old["params"] == spec
+            if same and old["source"] == str(Path(world).resolve()):
+                info[name], out[name] = old, str(folder)
+                log(f"curation {name}: reusing {folder} ({old['wells']} wells)")
+                continue
+        info[name] = curate(world, strategy, folder, seed=cfg.data.seed, overwrite=True, **spec)
+        out[name] = str(folder)
+        log(f"curation {name}: {info[name]['wells']} of {info[name]['source_wells']} wells")
+    return {n: out[n] for n in ld.curations}
+
+
+def run_one(plan: RunPlan, world: str, eval_batch_size: int) -> dict:
+    """Pretrain (or finish pretraining) one run, evaluate every block, write its row."""
+    from scaling.evaluate.embed import load_spec
+    from scaling.evaluate.evaluate import evaluate_models
+    from scaling.train.pretrain import pretrain
+
+    cfg = apply(plan.cfg, {}, plan.run_id)
+    run_dir = Path(cfg.run.dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "error.txt").unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    result_path = run_dir / "result.json"
+    result = json.loads(result_path.read_text()) if result_path.is_file() else {}
+    if result.get("step") != cfg.train.steps or result.get("fingerprint") != plan.fingerprint:
+        result = pretrain(cfg)
+        write_json(result_path, {**result, "fingerprint": plan.fingerprint})
+    t1 = time.perf_counter()
+    summary = evaluate_models(
+        {"mae": load_spec(run_dir)},
+        world,
+        run_dir / "eval",
+        batch_size=eval_batch_size,
+        overwrite=True,
+        progress=False,
+        info={"run_id": plan.run_id},
+    )["mae"]
+    size = SIZES[plan.size]
+    row = {
+        "run_id": plan.run_id,
+        "model": plan.size,
+        "params": encoder_params(plan.size, cfg.data.crop),
+        "curation": plan.curation,
+        "crops_seen": int(result["crops_seen"]),
+        "flops": float(result["flops"]),
+        "loss": float(result["loss"]),
+        "kind": "mae",
+        "depth": size.depth,
+        "budget": plan.budget,
+        "budget_unit": plan.cfg["ladder"]["budget_unit"],
+        "steps": int(result["step"]),
+        "lr": cfg.train.lr,
+        "best_block": summary["best_block"],
+        "recall_complex": summary.get("recall_complex", float("nan")),
+        "restarts": int(result["restarts"]),
+        "train_s": round(t1 - t0, 1),
+        "eval_s": round(time.perf_counter() - t1, 1),
+        "fingerprint": plan.fingerprint,
+    }
+    write_json(run_dir / "row.json", row)
+    return row
+
+
+def is_done(plan: RunPlan) -> bool:
+    row = Path(plan.cfg["run"]["dir"]) / "row.json"
+    return row.is_file() and json.loads(row.read_text()).get("fingerprint") == plan.fingerprint
+
+
+def baselines(cfg: Config, world: str, ladder_dir: Path, log) -> None:
+    """Random-init of every size, hand-crafted features and pixel PCA, scored once."""
+    from scaling.evaluate.embed import ModelSpec
+    from scaling.evaluate.evaluate import evaluate_models
+
+    out = ladder_dir / "baselines"
+    key = {"sizes": cfg.ladder.sizes, "crop": cfg.data.crop, "world": str(Path(world).resolve())}
+    done = out / "summary.json"
+    if done.is_file() and json.loads(done.read_text()).get("key") == key:
+        log(f"baselines: reusing {out}")
+        return
+    base = to_dict(cfg)
+    specs = {
+        f"random-init_{s}": ModelSpec(apply(base, {"model.name": s}), None, cfg.train.seed)
+        for s in cfg.ladder.sizes
+    }
+    log(f"baselines: {', '.join(specs)}, handcrafted, pixel-pca")
+    evaluate_models(
+        specs,
+        world,
+        out,
+        features=True,
+        batch_size=cfg.ladder.eval_batch_size,
+        overwrite=True,
+        progress=False,
+        info={"key": key},
+    )
+
+
+def concurrency(cfg: Config) -> int:
+    """``ladder.max_concurrent``, or as many runs as the cluster holds at once: each takes
+    its workers' CPUs (or GPUs) and one Ray Data task's CPUs."""
+    import ray
+
+    if cfg.ladder.max_concurrent:
+        return cfg.ladder.max_concurrent
+    t, res = cfg.train, ray.cluster_resources()
+    n = math.floor(res.get("CPU", 1) / (t.workers * t.cpus_per_worker + cfg.data.map_cpus))
+    if t.use_gpu:
+        n = min(n, math.floor(res.get("GPU", 0) / t.workers))
+    return max(n, 1)
+
+
+def tables(cfg: Config, plans: list[RunPlan], ladder_dir: Path) -> tuple[int, int]:
+    """``runs.parquet`` and ``metrics.parquet`` from every finished run and the baselines."""
+    rows, frames = [], []
+    for p in plans:
+        if not is_done(p):
+            continue
+        run_dir = Path(p.cfg["run"]["dir"])
+        rows.append(json.loads((run_dir / "row.json").read_text()))
+        m = pd.read_parquet(run_dir / "eval" / "metrics.parquet")
+        frames.append(m[m["model"] == "mae"].assign(run_id=p.run_id))
+    b = ladder_dir / "baselines"
+    if cfg.ladder.baselines and (b / "metrics.parquet").is_file():
+        m = pd.read_parquet(b / "metrics.parquet")
+        summary = json.loads((b / "summary.json").read_text())
+        for name in m["model"].unique():
+            size = name.removeprefix("random-init_")
+            sized = size in SIZES
+            rows.append(
+                {
+                    "run_id": name,
+                    "model": size if sized else name,
+                    "params": encoder_params(size, cfg.data.crop) if sized else 0,
+                    "curation": "none",
+                    "crops_seen": 0,
+                    "flops": 0.0,
+                    "loss": float("nan"),
+                    "kind": "baseline",
+                    "depth": SIZES[size].depth if sized else 1,
+                    "best_block": summary[name]["best_block"],
+                    "recall_complex": summary[name].get("recall_complex", float("nan")),
+                }
+            )
+            frames.append(m[m["model"] == name].assign(run_id=name))
+    runs = pd.DataFrame(rows)
+    metrics = (
+        pd.concat(frames)[["run_id", "block", "metric", "value"]]
+        if frames
+        else pd.DataFrame({"run_id": [], "block": [], "metric": [], "value": []})
+    )
+    if len(runs):
+        write_parquet(ladder_dir / "runs.parquet", runs)
+        write_parquet(ladder_dir / "metrics.parquet", metrics.reset_index(drop=True))
+    return int((runs.get("kind") == "mae").sum()) if len(runs) else 0, len(metrics)
+
+
+def grid_view(plans: list[RunPlan], states: dict[str, str]) -> str:
+    """One line per size x curation, one cell per budget: done (recall at b*), or state."""
+    budgets = sorted({p.budget for p in plans})
+    cells: dict[tuple[str, str], list[str]] = {}
+    for p in plans:
+        row = cells.setdefault((p.size, p.curation), [""] * len(budgets))
+        state = states.get(p.run_id, "pending")
+        if state == "done":
+            r = json.loads((Path(p.cfg["run"]["dir"]) / "row.json").read_text())
+            state = f"{r['recall_complex']:.3f} b{r['best_block']}"
+        row[budgets.index(p.budget)] = state
+    unit = plans[0].cfg["ladder"]["budget_unit"] if plans else "flops"
+    head = f"{'size':8s} {'curation':12s} " + " ".join(f"{b:>11.3g}" for b in budgets)
+    lines = [f"budget ({unit}); cells: complex recall at the best block", head]
+    for (size, cur), row in cells.items():
+        lines.append(f"{size:8s} {cur:12s} " + " ".join(f"{c:>11s}" for c in row))
+    return "\n".join(lines)
+
+
+def ladder(cfg: Config, progress: bool = True, log=print) -> dict:
+    """Run the grid; returns counts and the tables' paths. Exit status 1 (via the caller)
+    when a run failed after its retries: rerunning retries exactly those."""
+    import ray
+
+    from scaling.parallel import init_ray
+    from scaling.train.pretrain import prepare_data
+
+    check_ladder(cfg)
+    ladder_dir = Path(cfg.run.dir).resolve()
+    ld = cfg.ladder
+    # every budget's step count is checked before any data is made
+    plan_runs(cfg, ladder_dir, {n: "." for n in ld.curations})
+    ladder_dir.mkdir(parents=True, exist_ok=True)
+    (ladder_dir / "ladder.yaml").write_text(dump_config(cfg))
+    init_ray(logs=False)  # the runs' own output stays in Ray's logs; the grid view leads
+    world = str(Path(prepare_data(cfg)).resolve())
+    curations = prepare_curations(cfg, world, ladder_dir, log)
+    plans = plan_runs(cfg, ladder_dir, curations)
+    states = {p.run_id: "done" for p in plans if is_done(p)}
+    todo = [p for p in plans if p.run_id not in states]
+    log(f"ladder: {len(plans)} runs, {len(states)} already done, {len(todo)} to run")
+
+    if ld.baselines:
+        baselines(cfg, world, ladder_dir, log)
+    tables(cfg, plans, ladder_dir)
+    n = concurrency(cfg)
+    task = ray.remote(num_cpus=RUN_CPU, max_retries=0)(run_one)
+    attempts = {p.run_id: 0 for p in todo}
+    queue, running, failed, ran = list(todo), {}, {}, []
+    t0 = time.perf_counter()
+    with bar(total=len(todo), desc="ladder", unit="run", enabled=progress) as b:
+        while queue or running:
+            while queue and len(running) < n:
+                p = queue.pop(0)
+                attempts[p.run_id] += 1
+                states[p.run_id] = "running"
+                running[task.remote(p, world, ld.eval_batch_size)] = p
+            ready, _ = ray.wait(list(running), num_returns=1)
+            p = running.pop(ready[0])
+            try:
+                row = ray.get(ready[0])
+            except Exception as e:  # a run failed: note it, retry or move on
+                err = "".join(traceback.format_exception(e))
+                run_dir = Path(p.cfg["run"]["dir"])
+                run_dir.mkdir(parents=True, exist_ok=True)
+                (run_dir / "error.txt").write_text(err)
+                if attempts[p.run_id] <= ld.retries:
+                    log(f"{p.run_id}: failed (attempt {attempts[p.run_id]}), retrying")
+                    queue.append(p)
+                else:
+                    states[p.run_id], failed[p.run_id] = "failed", str(run_dir / "error.txt")
+                    log(f"{p.run_id}: FAILED, see {run_dir / 'error.txt'}")
+                    b.update()
+                continue
+            states[p.run_id] = "done"
+            ran.append(p.run_id)
+            tables(cfg, plans, ladder_dir)
+            b.update()
+            log(
+                f"{p.run_id}: loss {row['loss']:.4f}, {row['flops']:.3g} FLOPs, "
+                f"complex recall {row['recall_complex']:.3f} at block {row['best_block']}/"
+                f"{row['depth']} ({row['train_s']:.0f} s train, {row['eval_s']:.0f} s eval)"
+            )
+    n_runs, n_metrics = tables(cfg, plans, ladder_dir)
+    log(grid_view(plans, states))
+    return {
+        "runs": len(plans),
+        "ran": ran,
+        "skipped": len(plans) - len(todo),
+        "failed": failed,
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "runs_parquet": str(ladder_dir / "runs.parquet"),
+        "metrics_parquet": str(ladder_dir / "metrics.parquet"),
+        "rows": n_runs,
+        "metric_rows": n_metrics,
+    }
