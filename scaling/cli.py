@@ -133,7 +133,7 @@ def cmd_ladder(a) -> int:
     from scaling.config import load_config
     from scaling.ladder.grid import ladder
 
-    r = ladder(load_config(a.config, a.overrides))
+    r = ladder(load_config(a.config, a.overrides), max_runs=a.max_runs)
     print(
         f"{r['runs']} runs: {len(r['ran'])} ran, {r['skipped']} already done, "
         f"{len(r['failed'])} failed, in {r['wall_s']:.0f} s; {r['runs_parquet']}, "
@@ -142,6 +142,44 @@ def cmd_ladder(a) -> int:
     for run_id, err in r["failed"].items():
         print(f"failed: {run_id} ({err}); run the same command again to retry", file=sys.stderr)
     return 1 if r["failed"] else 0
+
+
+def cmd_fit(a) -> int:
+    from analysis.fit import fit
+    from analysis.plots import plot_all
+    from analysis.report import METRICS_COLUMNS, RUNS_COLUMNS, read_table
+
+    f = fit(a.runs, a.metrics, a.out, bootstrap=a.bootstrap, seed=a.seed)
+    runs = read_table(Path(a.runs), RUNS_COLUMNS)
+    metrics = read_table(Path(a.metrics), METRICS_COLUMNS) if a.metrics else None
+    figures = plot_all(runs, metrics, f, Path(a.out) / "figures")
+    law = f["loss_law"]
+    print(
+        f"loss law L = {law['E']:.3g} + {law['A']:.3g}/N^{law['alpha']:.3f} + "
+        f"{law['B']:.3g}/D^{law['beta']:.3f} over {law['n_runs']} runs; "
+        f"N_opt ~ C^{f['compute_optimal']['n_exponent']:.2f}"
+    )
+    for m, law in f.get("metric_laws", {}).items():
+        lin = law["linear"]
+        lo, hi = lin["ci"]["slope"]
+        print(
+            f"  {m}: {lin['slope']:+.4f} per decade of compute [{lo:+.4f}, {hi:+.4f}], "
+            f"held-out error {law['holdout_error']:.4f}"
+        )
+    for name, why in f.get("skipped", {}).items():
+        print(f"  skipped {name}: {why}")
+    print(f"wrote {Path(a.out) / 'fit.json'} and {len(figures)} figure files")
+    return 0
+
+
+def cmd_report(a) -> int:
+    from analysis.report import report
+
+    r = report(a.dir, out=a.out, budget_flops=a.budget)
+    print(f"wrote {r['html']} and {r['markdown']}")
+    for line in r["findings"]:
+        print(f"  - {line}")
+    return 0
 
 
 def cmd_sweep(a) -> int:
@@ -304,7 +342,22 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("ladder", help="the grid of sizes x curations x budgets: runs, metrics")
     _config_args(s)
+    s.add_argument("--max-runs", type=int, help="stop after this many runs finish")
     s.set_defaults(fn=cmd_ladder)
+
+    s = sub.add_parser("fit", help="scaling laws of loss and metrics, fit.json and plots")
+    s.add_argument("--runs", required=True, help="runs.parquet of a ladder")
+    s.add_argument("--metrics", help="metrics.parquet of the same ladder")
+    s.add_argument("--out", required=True, help="folder for fit.json and figures/")
+    s.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples (200)")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=cmd_fit)
+
+    s = sub.add_parser("report", help="the HTML and Markdown report of a ladder")
+    s.add_argument("dir", help="a ladder folder (runs.parquet, metrics.parquet, fit/)")
+    s.add_argument("--out", help="report folder (default DIR/report)")
+    s.add_argument("--budget", type=float, help="FLOPs to recommend a size and data for")
+    s.set_defaults(fn=cmd_report)
 
     s = sub.add_parser("bench", help="benchmarks, ours beside an anchor")
     s.add_argument("what", choices=["data", "model", "eval", "flops"])
