@@ -98,7 +98,10 @@ class TrainConfig:
     optimizer: Literal["adamw", "lion"] = "adamw"
     lr: float = 1e-3  # peak learning rate
     min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
-    warmup: float = 0.1  # share of steps spent warming up
+    warmup: float = 0.1  # share of steps spent warming up (wsd: of the first branch's)
+    schedule: Literal["cosine", "wsd"] = "cosine"  # one-cycle cosine, or warm-up/stable/decay
+    cooldown: float = 0.2  # wsd: share of a run's (or branch's) steps spent decaying to 0
+    branches: list[int] = field(default_factory=list)  # wsd: also finish runs of these steps
     weight_decay: float = 0.05
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     grad_clip: float = 1.0
@@ -133,6 +136,13 @@ class TrainConfig:
             raise InputError("train.cpus_per_worker and train.lr: must be positive")
         if not 0.0 <= self.warmup < 1.0:
             raise InputError(f"train.warmup: must be in [0, 1), got {self.warmup}")
+        if not 0.0 < self.cooldown <= 1.0:
+            raise InputError(f"train.cooldown: must be in (0, 1], got {self.cooldown}")
+        if self.branches and self.schedule != "wsd":
+            raise InputError("train.branches: need train.schedule=wsd (a constant learning rate)")
+        for b in self.branches:
+            if not 0 < b < self.steps:
+                raise InputError(f"train.branches: {b} is not between 0 and train.steps")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise InputError(f"train.betas: two numbers in [0, 1), got {self.betas}")
 
@@ -195,7 +205,9 @@ class LadderConfig:
     (``budget_unit``); a run's steps are the budget over its per-step cost. Learning rate per
     size: ``lr`` (size -> lr), else a sweep's ``best`` (size -> best.yaml, whose train and
     model keys the run takes), else the rule ``lr_rule``: ``constant`` (train.lr) or
-    ``inverse-width`` (train.lr * lr_ref_width / width).
+    ``inverse-width`` (train.lr * lr_ref_width / width). With ``share_budgets`` the budgets of
+    one size and curation share a run: warm-up/stable/decay (``train.schedule: wsd``) to the
+    largest budget, with a cool-down branch ending at each smaller one.
     """
 
     sizes: list[str] = field(default_factory=list)
@@ -206,6 +218,7 @@ class LadderConfig:
     best: dict = field(default_factory=dict)
     lr_rule: Literal["constant", "inverse-width"] = "constant"
     lr_ref_width: int = 64
+    share_budgets: bool = False  # one WSD run per size x curation, a branch per budget
     min_steps: int = 5  # a budget below this many steps is refused
     max_concurrent: int = 0  # 0: as many runs as the cluster's CPUs (or GPUs) hold
     baselines: bool = True  # random-init of every size, hand-crafted and pixel features

@@ -103,56 +103,88 @@ def prepare_curations(cfg: Config, world: str, ladder_dir: Path, log) -> dict[st
     return {n: out[n] for n in ld.curations}
 
 
-def run_one(plan: RunPlan, world: str, eval_batch_size: int) -> dict:
-    """Pretrain (or finish pretraining) one run, evaluate every block, write its row."""
-    from scaling.evaluate.embed import load_spec
-    from scaling.evaluate.evaluate import evaluate_models
+def train_trunk(plan: RunPlan) -> dict:
+    """Pretrain ``plan`` unless its result is already there (a rerun after a failed
+    evaluation); an interrupted run resumes from its latest checkpoint."""
     from scaling.train.pretrain import pretrain
 
     cfg = apply(plan.cfg, {}, plan.run_id)
-    run_dir = Path(cfg.run.dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "error.txt").unlink(missing_ok=True)
-    t0 = time.perf_counter()
-    result_path = run_dir / "result.json"
-    result = json.loads(result_path.read_text()) if result_path.is_file() else {}
+    path = Path(cfg.run.dir) / "result.json"
+    result = json.loads(path.read_text()) if path.is_file() else {}
     if result.get("step") != cfg.train.steps or result.get("fingerprint") != plan.fingerprint:
-        result = pretrain(cfg)
-        write_json(result_path, {**result, "fingerprint": plan.fingerprint})
-    t1 = time.perf_counter()
-    summary = evaluate_models(
-        {"mae": load_spec(run_dir)},
-        world,
-        run_dir / "eval",
-        batch_size=eval_batch_size,
-        overwrite=True,
-        progress=False,
-        info={"run_id": plan.run_id},
-    )["mae"]
-    size = SIZES[plan.size]
-    row = {
-        "run_id": plan.run_id,
-        "model": plan.size,
-        "params": encoder_params(plan.size, cfg.data.crop),
-        "curation": plan.curation,
-        "crops_seen": int(result["crops_seen"]),
-        "flops": float(result["flops"]),
-        "loss": float(result["loss"]),
-        "kind": "mae",
-        "depth": size.depth,
-        "budget": plan.budget,
-        "budget_unit": plan.cfg["ladder"]["budget_unit"],
-        "steps": int(result["step"]),
-        "lr": cfg.train.lr,
-        "best_block": summary["best_block"],
-        "recall_complex": summary.get("recall_complex", float("nan")),
-        "restarts": int(result["restarts"]),
-        "train_s": round(t1 - t0, 1),
-        "eval_s": round(time.perf_counter() - t1, 1),
-        "fingerprint": plan.fingerprint,
-    }
-    write_json(run_dir / "row.json", row)
-    return row
+        result = {**pretrain(cfg), "fingerprint": plan.fingerprint}
+        write_json(path, result)
+    return result
+
+
+def run_group(trunk: RunPlan, members: list[RunPlan], world: str, eval_batch_size: int):
+    """Train a trunk run, then evaluate every block of each member not yet done (the trunk
+    itself, and with shared budgets its WSD branches) and write each member's row."""
+    from scaling.evaluate.embed import load_spec
+    from scaling.evaluate.evaluate import evaluate_models
+
+    t0 = time.perf_counter()
+    result = train_trunk(trunk)
+    train_s = time.perf_counter() - t0
+    trunk_dir = Path(trunk.cfg["run"]["dir"])
+    rows = []
+    for m in members:
+        if is_done(m):
+            continue
+        run_dir = Path(m.cfg["run"]["dir"])
+        run_dir.mkdir(parents=True, exist_ok=True)
+        steps = m.cfg["train"]["steps"]
+        if m.run_id == trunk.run_id:
+            ckpt, acct = trunk_dir, {**result, "val_loss": result["loss"]}
+        else:  # a WSD branch of the trunk, written by the training loop
+            ckpt = trunk_dir / "branches" / f"step_{steps:06d}"
+            acct = {**json.loads((ckpt / "state.json").read_text()), "restarts": 0}
+        t1 = time.perf_counter()
+        summary = evaluate_models(
+            {"mae": load_spec(ckpt)},
+            world,
+            run_dir / "eval",
+            batch_size=eval_batch_size,
+            overwrite=True,
+            progress=False,
+            info={"run_id": m.run_id, "checkpoint": str(ckpt)},
+        )["mae"]
+        row = {
+            "run_id": m.run_id,
+            "model": m.size,
+            "params": encoder_params(m.size, m.cfg["data"]["crop"]),
+            "curation": m.curation,
+            "crops_seen": int(acct["crops_seen"]),
+            "flops": float(acct["flops"]),
+            "loss": float(acct["val_loss"]),
+            "kind": "mae",
+            "depth": SIZES[m.size].depth,
+            "budget": m.budget,
+            "budget_unit": m.cfg["ladder"]["budget_unit"],
+            "steps": int(acct["step"]),
+            "lr": m.cfg["train"]["lr"],
+            "schedule": trunk.cfg["train"]["schedule"],
+            "wsd_trunk": m.trunk,  # the shared run this one is a branch (or the end) of
+            "best_block": summary["best_block"],
+            "recall_complex": summary.get("recall_complex", float("nan")),
+            "restarts": int(acct["restarts"]),
+            "train_s": round(train_s, 1),
+            "eval_s": round(time.perf_counter() - t1, 1),
+            "fingerprint": m.fingerprint,
+        }
+        write_json(run_dir / "row.json", row)
+        (run_dir / "error.txt").unlink(missing_ok=True)
+        rows.append(row)
+    return rows
+
+
+def groups(plans: list[RunPlan]) -> list[tuple[RunPlan, list[RunPlan]]]:
+    """Units of work: each run alone, or a WSD trunk with the budgets that branch off it."""
+    by_id = {p.run_id: p for p in plans}
+    out: dict[str, list[RunPlan]] = {}
+    for p in plans:
+        out.setdefault(p.trunk or p.run_id, []).append(p)
+    return [(by_id[t], members) for t, members in out.items()]
 
 
 def is_done(plan: RunPlan) -> bool:
@@ -267,9 +299,11 @@ def grid_view(plans: list[RunPlan], states: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def ladder(cfg: Config, progress: bool = True, log=print) -> dict:
+def ladder(cfg: Config, max_runs: int | None = None, progress: bool = True, log=print) -> dict:
     """Run the grid; returns counts and the tables' paths. Exit status 1 (via the caller)
-    when a run failed after its retries: rerunning retries exactly those."""
+    when a run failed after its retries: rerunning retries exactly those. ``max_runs``
+    stops once that many runs have finished, cancelling the runs still going (a rerun
+    resumes them from their checkpoints)."""
     import ray
 
     from scaling.parallel import init_ray
@@ -294,43 +328,56 @@ def ladder(cfg: Config, progress: bool = True, log=print) -> dict:
         baselines(cfg, world, ladder_dir, log)
     tables(cfg, plans, ladder_dir)
     n = concurrency(cfg)
-    task = ray.remote(num_cpus=RUN_CPU, max_retries=0)(run_one)
-    attempts = {p.run_id: 0 for p in todo}
-    queue, running, failed, ran = list(todo), {}, {}, []
+    task = ray.remote(num_cpus=RUN_CPU, max_retries=0)(run_group)
+    work = [(t, [m for m in ms if m.run_id not in states]) for t, ms in groups(plans)]
+    queue = [(t, ms) for t, ms in work if ms]
+    attempts = {t.run_id: 0 for t, _ in queue}
+    running, failed, ran = {}, {}, []
     t0 = time.perf_counter()
     with bar(total=len(todo), desc="ladder", unit="run", enabled=progress) as b:
         while queue or running:
             while queue and len(running) < n:
-                p = queue.pop(0)
-                attempts[p.run_id] += 1
-                states[p.run_id] = "running"
-                running[task.remote(p, world, ld.eval_batch_size)] = p
+                t, ms = queue.pop(0)
+                attempts[t.run_id] += 1
+                states.update({m.run_id: "running" for m in ms})
+                running[task.remote(t, ms, world, ld.eval_batch_size)] = (t, ms)
             ready, _ = ray.wait(list(running), num_returns=1)
-            p = running.pop(ready[0])
+            t, ms = running.pop(ready[0])
             try:
-                row = ray.get(ready[0])
+                rows = ray.get(ready[0])
             except Exception as e:  # a run failed: note it, retry or move on
                 err = "".join(traceback.format_exception(e))
-                run_dir = Path(p.cfg["run"]["dir"])
+                run_dir = Path(t.cfg["run"]["dir"])
                 run_dir.mkdir(parents=True, exist_ok=True)
                 (run_dir / "error.txt").write_text(err)
-                if attempts[p.run_id] <= ld.retries:
-                    log(f"{p.run_id}: failed (attempt {attempts[p.run_id]}), retrying")
-                    queue.append(p)
-                else:
-                    states[p.run_id], failed[p.run_id] = "failed", str(run_dir / "error.txt")
-                    log(f"{p.run_id}: FAILED, see {run_dir / 'error.txt'}")
-                    b.update()
+                if attempts[t.run_id] <= ld.retries:
+                    log(f"{t.run_id}: failed (attempt {attempts[t.run_id]}), retrying")
+                    queue.append((t, [m for m in ms if not is_done(m)]))
+                    continue
+                for m in ms:
+                    if is_done(m):
+                        states[m.run_id] = "done"
+                        continue
+                    states[m.run_id], failed[m.run_id] = "failed", str(run_dir / "error.txt")
+                    log(f"{m.run_id}: FAILED, see {run_dir / 'error.txt'}")
+                b.update(len(ms))
                 continue
-            states[p.run_id] = "done"
-            ran.append(p.run_id)
             tables(cfg, plans, ladder_dir)
-            b.update()
-            log(
-                f"{p.run_id}: loss {row['loss']:.4f}, {row['flops']:.3g} FLOPs, "
-                f"complex recall {row['recall_complex']:.3f} at block {row['best_block']}/"
-                f"{row['depth']} ({row['train_s']:.0f} s train, {row['eval_s']:.0f} s eval)"
-            )
+            b.update(len(ms))
+            for row in rows:
+                states[row["run_id"]] = "done"
+                ran.append(row["run_id"])
+                log(
+                    f"{row['run_id']}: loss {row['loss']:.4f}, {row['flops']:.3g} FLOPs, "
+                    f"complex recall {row['recall_complex']:.3f} at block "
+                    f"{row['best_block']}/{row['depth']} ({row['train_s']:.0f} s train, "
+                    f"{row['eval_s']:.0f} s eval)"
+                )
+            if max_runs is not None and len(ran) >= max_runs:
+                for ref, (_, rest) in running.items():  # stop: these resume on the next call
+                    ray.cancel(ref, force=True)
+                    states.update({m.run_id: "stopped" for m in rest})
+                queue, running = [], {}
     n_runs, n_metrics = tables(cfg, plans, ladder_dir)
     log(grid_view(plans, states))
     return {

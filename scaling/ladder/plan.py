@@ -32,6 +32,7 @@ class RunPlan:
     curation: str
     budget: float
     cfg: dict  # the run's whole configuration (a ``to_dict``), data.path and run.dir set
+    trunk: str | None = None  # share_budgets: the run this one branches off (None: itself)
 
     @property
     def fingerprint(self) -> str:
@@ -74,7 +75,11 @@ def size_values(cfg: Config, size: str) -> dict:
 
 def plan_runs(cfg: Config, ladder_dir: Path, curations: dict[str, str]) -> list[RunPlan]:
     """Every run of the grid, smallest compute first. ``curations`` maps a curation's name
-    to its data folder. Raises InputError for a budget below ``ladder.min_steps`` steps."""
+    to its data folder. Raises InputError for a budget below ``ladder.min_steps`` steps.
+
+    With ``ladder.share_budgets`` every run is a WSD run; the largest budget of a size and
+    curation is the trunk, trained with ``train.branches`` at the others' steps, and each
+    smaller budget names it as ``trunk`` (its own configuration is the WSD run it equals)."""
     ld = cfg.ladder
     base = to_dict(cfg)
     base["ladder"] = to_dict(Config().ladder)  # a run is not a ladder
@@ -84,19 +89,29 @@ def plan_runs(cfg: Config, ladder_dir: Path, curations: dict[str, str]) -> list[
         values = size_values(cfg, size)
         sized = apply(base, values, f"ladder ({size})")
         cost = step_cost(sized, size)
-        for budget in ld.budgets:
-            steps = round(budget / cost)
+        steps_of = {b: round(b / cost) for b in ld.budgets}
+        for budget, steps in steps_of.items():
             if steps < ld.min_steps:
                 raise InputError(
                     f"ladder.budgets: {budget:g} {ld.budget_unit} is {budget / cost:.1f} steps "
                     f"of {size}, below ladder.min_steps ({ld.min_steps})"
                 )
+        if ld.share_budgets and len(set(steps_of.values())) < len(steps_of):
+            raise InputError(f"ladder.budgets: two budgets give {size} the same number of steps")
+        top = max(ld.budgets)
+        for budget, steps in steps_of.items():
             for name, path in curations.items():
                 rid = run_id(size, name, budget, ld.budget_unit)
+                shared = {}
+                if ld.share_budgets:
+                    shared = {"train.schedule": "wsd", "train.branches": []}
+                    if budget == top:
+                        shared["train.branches"] = sorted(s for s in steps_of.values() if s < steps)
                 run = apply(
                     base,
                     {
                         **values,
+                        **shared,
                         "train.steps": steps,
                         "train.checkpoint_every": steps,
                         "train.keep_checkpoints": 1,
@@ -106,5 +121,6 @@ def plan_runs(cfg: Config, ladder_dir: Path, curations: dict[str, str]) -> list[
                     },
                     f"ladder ({rid})",
                 )
-                plans.append(RunPlan(rid, size, name, float(budget), to_dict(run)))
+                trunk = run_id(size, name, top, ld.budget_unit) if ld.share_budgets else None
+                plans.append(RunPlan(rid, size, name, float(budget), to_dict(run), trunk))
     return sorted(plans, key=lambda p: (p.budget, SIZES[p.size].width, p.curation))

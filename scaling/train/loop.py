@@ -27,7 +27,7 @@ from scaling.model.flops import train_flops
 from scaling.model.mae import MAE
 from scaling.model.sizes import SIZES
 from scaling.stream.pipeline import CropBatch
-from scaling.train.optim import make_optimizer, one_cycle
+from scaling.train.optim import branch_start, make_optimizer, one_cycle, wsd
 
 TAG = "ds"
 
@@ -116,9 +116,14 @@ def train_loop(config: dict) -> None:
     torch.manual_seed(t.seed)
     model = build_model(cfg)
     optimizer = make_optimizer(model, t)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, one_cycle(t.steps, t.warmup, t.min_lr_ratio)
-    )
+    phase = {"end": t.steps}  # the step the learning rate decays to: the run's or a branch's
+    if t.schedule == "wsd":
+        first = min([*t.branches, t.steps])
+        f = wsd(round(t.warmup * first), t.cooldown, t.min_lr_ratio)
+        factor = lambda s: f(s, phase["end"])  # noqa: E731
+    else:
+        factor = one_cycle(t.steps, t.warmup, t.min_lr_ratio)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
@@ -127,7 +132,7 @@ def train_loop(config: dict) -> None:
         dist_init_required=False,
     )
 
-    state = {"step": 0, "crops_seen": 0, "flops": 0, "restarts": 0}
+    state = {"step": 0, "crops_seen": 0, "flops": 0, "restarts": 0, "branches_done": []}
     ckpt = ray.train.get_checkpoint()
     restarted = ckpt is not None
     if ckpt is None and config.get("resume"):
@@ -137,6 +142,7 @@ def train_loop(config: dict) -> None:
             engine.load_checkpoint(d, tag=TAG)
             state = json.loads((Path(d) / "state.json").read_text())
         state["restarts"] += int(restarted)
+        state.setdefault("branches_done", [])
 
     size, crop = SIZES[cfg.model.name], cfg.data.crop
     flops_per_crop = train_flops(size, crop, mask_ratio=cfg.model.mask_ratio)
@@ -172,7 +178,7 @@ def train_loop(config: dict) -> None:
             emb = embed_set(engine.module, config["probe_set"], cfg.data.batch_size, device, dtype)
             if rank == 0:  # every rank embeds (ZeRO-3 gathers need all); rank 0 probes
                 metrics.update(probe_metrics(emb, config["probe_set"]))
-        if final or s % t.checkpoint_every == 0:
+        if final or (s % t.checkpoint_every == 0 and branch is None):
             d = tempfile.mkdtemp(prefix="ckpt-")
             engine.save_checkpoint(d, tag=TAG)
             weights = full_weights(engine, t.zero_stage, rank)
@@ -187,7 +193,44 @@ def train_loop(config: dict) -> None:
         else:
             ray.train.report(metrics)
 
+    # WSD branches: at a branch's decay start the trunk is saved, the branch decays to its
+    # end, its weights and accounting go to run.dir/branches/step_NNNNNN, and the trunk is
+    # restored (model, optimizer, schedule, accounting) to go on at a constant rate
+    branches = sorted(set(t.branches) - set(state["branches_done"]))
+    branches = [b for b in branches if branch_start(b, t.cooldown) >= state["step"]]
+    branch, trunk = None, None
+    branch_root = Path(config.get("branch_dir") or Path(cfg.run.dir) / "branches")
+
+    def start_branch(end: int) -> None:
+        nonlocal branch, trunk
+        engine.save_checkpoint(str(branch_root / ".trunk"), tag=TAG)
+        branch, trunk, phase["end"] = end, dict(state), end
+
+    def finish_branch() -> None:
+        nonlocal branch, trunk
+        out = branch_root / f"step_{branch:06d}"
+        val_loss = validation_loss(engine, val, cfg.data.batch_size, t.seed)
+        weights = full_weights(engine, t.zero_stage, rank)
+        if rank == 0:
+            from safetensors.torch import save_file
+
+            out.mkdir(parents=True, exist_ok=True)
+            own = _build(Config, config["cfg"], "", "train_loop_config")
+            own.train.steps, own.train.branches = branch, []
+            save_file(weights, str(out / "model.safetensors"))
+            (out / "config.yaml").write_text(dump_config(own))
+            info = {**state, "val_loss": val_loss, "loss": last_loss, "trunk_steps": t.steps}
+            (out / "state.json").write_text(json.dumps(info))
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()
+        engine.load_checkpoint(str(branch_root / ".trunk"), tag=TAG)
+        state.clear()
+        state.update(trunk, branches_done=[*trunk["branches_done"], branch])
+        branch, trunk, phase["end"] = None, None, t.steps
+
     last_loss = float("nan")
+    if branches and branch_start(branches[0], t.cooldown) == state["step"]:
+        start_branch(branches.pop(0))
     while state["step"] < t.steps:
         for batch in shard.iter_torch_batches(
             batch_size=cfg.data.batch_size, collate_fn=CropBatch(), device=device
@@ -208,9 +251,18 @@ def train_loop(config: dict) -> None:
             state["crops_seen"] += n
             state["flops"] += flops_per_crop * n
             last_loss = float(loss.detach().float().item())
+            if branch is not None and state["step"] == branch:
+                finish_branch()
+                continue
             final = state["step"] >= t.steps
             cadence = (t.log_every, t.checkpoint_every, t.val_every, t.eval_every or t.steps)
             if final or any(state["step"] % k == 0 for k in cadence):
                 report(final)
             if final:
                 break
+            if (
+                branch is None
+                and branches
+                and state["step"] == branch_start(branches[0], t.cooldown)
+            ):
+                start_branch(branches.pop(0))

@@ -95,6 +95,7 @@ def build_trainer(
             "probe_set": probes,
             "resume": resume,
             "crops_at_start": done,
+            "branch_dir": str(Path(cfg.run.dir).resolve() / "branches"),
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.train.workers,

@@ -1,0 +1,143 @@
+"""The ladder: its plan checked against independent arithmetic, its configuration errors
+(exit 2 before Ray starts), and a real tiny ladder that is interrupted and resumed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from scaling.config import load_config
+from scaling.errors import InputError
+from scaling.ladder.plan import plan_runs
+from scaling.model.flops import train_flops
+from scaling.model.sizes import SIZES
+from tests.conftest import run_cli
+
+TINY = Path(__file__).parent.parent / "jobs/configs/ladder-tiny.yaml"
+CURATIONS = {"phenoprints": "/data/p", "random": "/data/r"}
+
+
+def test_plan_steps_ids_and_configs(tmp_path):
+    cfg = load_config(TINY)
+    plans = plan_runs(cfg, tmp_path, CURATIONS)
+    assert len(plans) == 2 * 2 * 2
+    assert len({p.run_id for p in plans}) == len(plans)
+    for p in plans:
+        crops = cfg.data.batch_size * cfg.train.workers  # one step's crops
+        steps = round(p.budget / (train_flops(SIZES[p.size], 64) * crops))
+        assert p.cfg["train"]["steps"] == steps >= cfg.ladder.min_steps
+        assert p.cfg["model"]["name"] == p.size
+        assert p.cfg["data"]["path"] == CURATIONS[p.curation]
+        assert Path(p.cfg["run"]["dir"]) == tmp_path / "runs" / p.run_id
+        assert p.cfg["ladder"]["sizes"] == []  # a run is not a ladder
+    assert [p.budget for p in plans] == sorted(p.budget for p in plans)
+    # the fingerprint follows the configuration
+    again = plan_runs(cfg, tmp_path, CURATIONS)
+    assert [p.fingerprint for p in again] == [p.fingerprint for p in plans]
+    other = plan_runs(load_config(TINY, ["train.lr=0.01"]), tmp_path, CURATIONS)
+    assert not {p.fingerprint for p in other} & {p.fingerprint for p in plans}
+
+
+def test_learning_rate_rules(tmp_path):
+    sets = ["ladder.lr_rule=inverse-width", "ladder.lr_ref_width=32", "train.lr=0.004"]
+    plans = plan_runs(load_config(TINY, sets), tmp_path, CURATIONS)
+    for p in plans:
+        assert p.cfg["train"]["lr"] == pytest.approx(0.004 * 32 / SIZES[p.size].width)
+    best = tmp_path / "best.yaml"
+    best.write_text("train: {lr: 0.0123, warmup: 0.25}\nmodel: {mask_ratio: 0.6}\n")
+    sets = [f"ladder.best={{cpu-s: {best}}}", "ladder.lr={cpu-xs: 0.005}"]
+    for p in plan_runs(load_config(TINY, sets), tmp_path, CURATIONS):
+        if p.size == "cpu-s":
+            assert p.cfg["train"]["lr"] == 0.0123 and p.cfg["train"]["warmup"] == 0.25
+            assert p.cfg["model"]["mask_ratio"] == 0.6
+        else:
+            assert p.cfg["train"]["lr"] == 0.005 and p.cfg["model"]["mask_ratio"] == 0.75
+
+
+def test_budget_below_min_steps_is_refused(tmp_path):
+    cfg = load_config(TINY, ["ladder.budgets=[1.0e+9]"])
+    with pytest.raises(InputError, match="ladder.budgets"):
+        plan_runs(cfg, tmp_path, CURATIONS)
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("ladder.sizes=[cpu-xs, huge]", "ladder.sizes"),
+        ("ladder.curations={a: {strategy: magic}}", "ladder.curations.a.strategy"),
+        ("ladder.curations={a: {strategy: random, like: b}}", "ladder.curations.a.like"),
+        ("ladder.budgets=[]", "ladder.budgets"),
+        ("ladder.budgets=[1.0e+3]", "ladder.budgets"),
+        ("ladder.lr={cpu-l: 0.1}", "ladder.lr.cpu-l"),
+    ],
+)
+def test_bad_ladder_config_exits_2_before_ray(tmp_path, override, key):
+    rc, out, err = run_cli(
+        "ladder", "--config", TINY, "--set", f"run.dir={tmp_path}", "--set", override, timeout=60
+    )
+    assert rc == 2, err
+    assert key in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "world").exists()  # nothing was made
+
+
+def test_tiny_ladder_interrupted_then_resumed(tiny_world, tmp_path):
+    """A real ladder (Ray Train + DeepSpeed runs, Ray Data evaluation) stopped after its
+    first finished run, cancelling the rest mid-flight; the rerun finishes exactly the
+    missing runs and leaves the finished one alone; a third call has nothing to do."""
+    from scaling.ladder.grid import ladder
+
+    cfg = load_config(
+        TINY,
+        [
+            f"data.path={tiny_world}",
+            f"run.dir={tmp_path}",
+            "ladder.budgets=[4.0e+10]",
+            "ladder.max_concurrent=2",
+            "train.cpus_per_worker=0.25",
+            "data.map_cpus=0.25",
+        ],
+    )
+    quiet = dict(progress=False, log=lambda *a: None)
+    first = ladder(cfg, max_runs=1, **quiet)
+    assert len(first["ran"]) == 1 and not first["failed"]
+    (done,) = first["ran"]
+    row = tmp_path / "runs" / done / "row.json"
+    stamp = row.stat().st_mtime_ns
+    runs = pd.read_parquet(tmp_path / "runs.parquet")
+    assert list(runs.loc[runs["kind"] == "mae", "run_id"]) == [done]
+
+    second = ladder(cfg, **quiet)
+    assert second["skipped"] == 1 and not second["failed"]
+    assert sorted(second["ran"]) == sorted(
+        f"{s}_{c}_f4e10"
+        for s in ("cpu-xs", "cpu-s")
+        for c in ("phenoprints", "random")
+        if f"{s}_{c}_f4e10" != done
+    )
+    assert row.stat().st_mtime_ns == stamp  # the finished run was not redone
+
+    runs = pd.read_parquet(tmp_path / "runs.parquet")
+    metrics = pd.read_parquet(tmp_path / "metrics.parquet")
+    mae = runs[runs["kind"] == "mae"]
+    assert len(mae) == 4
+    assert set(runs.loc[runs["kind"] == "baseline", "run_id"]) == {
+        "random-init_cpu-xs",
+        "random-init_cpu-s",
+        "handcrafted",
+        "pixel-pca",
+    }
+    for _, r in mae.iterrows():
+        result = json.loads((tmp_path / "runs" / r["run_id"] / "result.json").read_text())
+        assert r["flops"] == result["flops"] and r["crops_seen"] == result["crops_seen"]
+        assert abs(r["flops"] - 4e10) <= train_flops(SIZES[r["model"]], 64) * 32 / 2 + 1
+        assert r["params"] < 1e6 and r["loss"] > 0
+        blocks = metrics.loc[metrics["run_id"] == r["run_id"], "block"]
+        assert sorted(blocks.unique()) == list(range(1, SIZES[r["model"]].depth + 1))
+    assert set(metrics["run_id"]) == set(runs["run_id"])
+    assert {"recall_complex", "consistency_ks", "probe_perturbation"} <= set(metrics["metric"])
+
+    third = ladder(cfg, **quiet)
+    assert third["ran"] == [] and third["skipped"] == 4
