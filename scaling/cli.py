@@ -258,8 +258,8 @@ def cmd_benchmark(a) -> int:
 def cmd_demo(a) -> int:
     from scaling.demo import demo
 
-    demo(a.out, preset=a.preset)
-    return 0
+    r = demo(a.out, preset=a.preset, config=a.config, overrides=a.overrides)
+    return 0 if all(holds for _, holds in r["checks"]) else 1
 
 
 def parser() -> argparse.ArgumentParser:
@@ -387,9 +387,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(fn=cmd_benchmark)
 
-    s = sub.add_parser("demo", help="the main job on the synthetic world")
-    s.add_argument("--out", default="demo-out")
-    s.add_argument("--preset", default="small")
+    s = sub.add_parser("demo", help="the main job on the synthetic world, end to end")
+    s.add_argument("--out", default="demo-out", help="folder for everything (demo-out)")
+    s.add_argument("--preset", default="small", help="the world's preset (small)")
+    _config_args(s)
     s.set_defaults(fn=cmd_demo)
     return p
 

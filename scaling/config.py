@@ -90,7 +90,7 @@ class TrainConfig:
     """One DeepSpeed run on Ray Train."""
 
     steps: int = 100
-    workers: int = 2
+    workers: int = 2  # 0: Ray Train's local mode, the loop runs in the driving process
     cpus_per_worker: float = 0.5  # fractional, so Ray Data tasks keep CPUs on small nodes
     use_gpu: bool = False
     zero_stage: int = 2
@@ -116,10 +116,16 @@ class TrainConfig:
     eval_wells: int = 256  # wells in that set (one site each)
     seed: int = 0
 
+    @property
+    def processes(self) -> int:
+        """Training processes: the workers, or the one local-mode process."""
+        return max(1, self.workers)
+
     def validate(self) -> None:
+        if self.workers < 0:
+            raise InputError(f"train.workers: must be >= 0, got {self.workers}")
         for key in (
             "steps",
-            "workers",
             "grad_accum",
             "checkpoint_every",
             "keep_checkpoints",
@@ -132,6 +138,8 @@ class TrainConfig:
             raise InputError("train.eval_every must be >= 0 and train.eval_wells positive")
         if self.zero_stage not in (0, 1, 2, 3):
             raise InputError(f"train.zero_stage: must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if self.use_gpu and self.workers == 0:
+            raise InputError("train.workers: local mode (0) runs on the CPU; use workers >= 1")
         if self.cpus_per_worker <= 0 or self.lr <= 0:
             raise InputError("train.cpus_per_worker and train.lr: must be positive")
         if not 0.0 <= self.warmup < 1.0:

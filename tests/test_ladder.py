@@ -26,7 +26,7 @@ def test_plan_steps_ids_and_configs(tmp_path):
     assert len(plans) == 2 * 2 * 2
     assert len({p.run_id for p in plans}) == len(plans)
     for p in plans:
-        crops = cfg.data.batch_size * cfg.train.workers  # one step's crops
+        crops = cfg.data.batch_size * cfg.train.processes  # one step's crops
         steps = round(p.budget / (train_flops(SIZES[p.size], 64) * crops))
         assert p.cfg["train"]["steps"] == steps >= cfg.ladder.min_steps
         assert p.cfg["model"]["name"] == p.size
@@ -84,60 +84,66 @@ def test_bad_ladder_config_exits_2_before_ray(tmp_path, override, key):
 
 
 def test_tiny_ladder_interrupted_then_resumed(tiny_world, tmp_path):
-    """A real ladder (Ray Train + DeepSpeed runs, Ray Data evaluation) stopped after its
-    first finished run, cancelling the rest mid-flight; the rerun finishes exactly the
-    missing runs and leaves the finished one alone; a third call has nothing to do."""
+    """A real ladder (Ray Train local-mode DeepSpeed runs with WSD branches, Ray Data
+    evaluation) stopped after its first finished run, cancelling the run still going; the
+    rerun finishes exactly the missing runs and leaves the finished ones alone; a third
+    call has nothing to do."""
     from scaling.ladder.grid import ladder
 
-    cfg = load_config(
-        TINY,
-        [
-            f"data.path={tiny_world}",
-            f"run.dir={tmp_path}",
-            "ladder.budgets=[4.0e+10]",
-            "ladder.max_concurrent=2",
-            "train.cpus_per_worker=0.25",
-            "data.map_cpus=0.25",
-        ],
-    )
-    quiet = dict(progress=False, log=lambda *a: None)
-    first = ladder(cfg, max_runs=1, **quiet)
-    assert len(first["ran"]) == 1 and not first["failed"]
-    (done,) = first["ran"]
-    row = tmp_path / "runs" / done / "row.json"
-    stamp = row.stat().st_mtime_ns
-    runs = pd.read_parquet(tmp_path / "runs.parquet")
-    assert list(runs.loc[runs["kind"] == "mae", "run_id"]) == [done]
-
-    second = ladder(cfg, **quiet)
-    assert second["skipped"] == 1 and not second["failed"]
-    assert sorted(second["ran"]) == sorted(
-        f"{s}_{c}_f4e10"
+    cfg = load_config(TINY, [f"data.path={tiny_world}", f"run.dir={tmp_path}"])
+    everything = {
+        f"{s}_{c}_f{b}"
         for s in ("cpu-xs", "cpu-s")
         for c in ("phenoprints", "random")
-        if f"{s}_{c}_f4e10" != done
-    )
-    assert row.stat().st_mtime_ns == stamp  # the finished run was not redone
+        for b in ("4e10", "8e10")
+    }
+    quiet = dict(progress=False, log=lambda *a: None)
+    first = ladder(cfg, max_runs=1, **quiet)
+    assert not first["failed"]
+    # one WSD trunk finished: its own budget and the branch at the smaller one
+    (trunk,) = {r.rsplit("_", 1)[0] for r in first["ran"]}
+    assert sorted(first["ran"]) == [f"{trunk}_f4e10", f"{trunk}_f8e10"]
+    # a run that was finishing as the ladder stopped may have finished too
+    done = {r for r in everything if (tmp_path / "runs" / r / "row.json").is_file()}
+    assert set(first["ran"]) <= done and len(done) < len(everything)
+    stamps = {r: (tmp_path / "runs" / r / "row.json").stat().st_mtime_ns for r in done}
+    runs = pd.read_parquet(tmp_path / "runs.parquet")
+    assert set(runs.loc[runs["kind"] == "mae", "run_id"]) == done
+
+    second = ladder(cfg, **quiet)
+    assert second["skipped"] == len(done) and not second["failed"]
+    assert sorted(second["ran"]) == sorted(everything - done)
+    for r, stamp in stamps.items():  # the finished runs were not redone
+        assert (tmp_path / "runs" / r / "row.json").stat().st_mtime_ns == stamp
 
     runs = pd.read_parquet(tmp_path / "runs.parquet")
     metrics = pd.read_parquet(tmp_path / "metrics.parquet")
-    mae = runs[runs["kind"] == "mae"]
-    assert len(mae) == 4
+    mae = runs[runs["kind"] == "mae"].set_index("run_id")
+    assert set(mae.index) == everything
     assert set(runs.loc[runs["kind"] == "baseline", "run_id"]) == {
         "random-init_cpu-xs",
         "random-init_cpu-s",
         "handcrafted",
         "pixel-pca",
     }
-    for _, r in mae.iterrows():
-        result = json.loads((tmp_path / "runs" / r["run_id"] / "result.json").read_text())
-        assert r["flops"] == result["flops"] and r["crops_seen"] == result["crops_seen"]
-        assert abs(r["flops"] - 4e10) <= train_flops(SIZES[r["model"]], 64) * 32 / 2 + 1
-        assert r["params"] < 1e6 and r["loss"] > 0
-        blocks = metrics.loc[metrics["run_id"] == r["run_id"], "block"]
+    for rid, r in mae.iterrows():
+        trunk_id = rid.replace("f4e10", "f8e10")
+        assert r["wsd_trunk"] == trunk_id and r["schedule"] == "wsd"
+        trunk_dir = tmp_path / "runs" / trunk_id
+        if rid == trunk_id:  # the trunk's own accounting
+            acct = json.loads((trunk_dir / "result.json").read_text())
+        else:  # the branch's, written when its cool-down ended
+            acct = json.loads(
+                (trunk_dir / "branches" / f"step_{int(r['steps']):06d}/state.json").read_text()
+            )
+        assert r["flops"] == acct["flops"] and r["crops_seen"] == acct["crops_seen"]
+        # the compute spent is the budget, to within half a step
+        assert abs(r["flops"] - r["budget"]) <= train_flops(SIZES[r["model"]], 64) * 32 / 2 + 1
+        assert 0 < r["params"] < 1e6 and r["loss"] > 0
+        blocks = metrics.loc[metrics["run_id"] == rid, "block"]
         assert sorted(blocks.unique()) == list(range(1, SIZES[r["model"]].depth + 1))
     assert set(metrics["run_id"]) == set(runs["run_id"])
     assert {"recall_complex", "consistency_ks", "probe_perturbation"} <= set(metrics["metric"])
 
     third = ladder(cfg, **quiet)
-    assert third["ran"] == [] and third["skipped"] == 4
+    assert third["ran"] == [] and third["skipped"] == 8

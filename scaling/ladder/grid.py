@@ -229,7 +229,7 @@ def concurrency(cfg: Config) -> int:
     if cfg.ladder.max_concurrent:
         return cfg.ladder.max_concurrent
     t, res = cfg.train, ray.cluster_resources()
-    n = math.floor(res.get("CPU", 1) / (t.workers * t.cpus_per_worker + cfg.data.map_cpus))
+    n = math.floor(res.get("CPU", 1) / (t.processes * t.cpus_per_worker + cfg.data.map_cpus))
     if t.use_gpu:
         n = min(n, math.floor(res.get("GPU", 0) / t.workers))
     return max(n, 1)
@@ -328,7 +328,10 @@ def ladder(cfg: Config, max_runs: int | None = None, progress: bool = True, log=
         baselines(cfg, world, ladder_dir, log)
     tables(cfg, plans, ladder_dir)
     n = concurrency(cfg)
-    task = ray.remote(num_cpus=RUN_CPU, max_retries=0)(run_group)
+    # in local mode (train.workers 0) the task trains with ceil(cpus_per_worker) threads
+    # but asks Ray for a sliver only, so that its evaluation's actors can be placed
+    # a fresh process per run (max_calls=1): torch.distributed and DeepSpeed keep state
+    task = ray.remote(num_cpus=RUN_CPU, max_retries=0, max_calls=1)(run_group)
     work = [(t, [m for m in ms if m.run_id not in states]) for t, ms in groups(plans)]
     queue = [(t, ms) for t, ms in work if ms]
     attempts = {t.run_id: 0 for t, _ in queue}

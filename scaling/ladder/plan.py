@@ -49,7 +49,7 @@ def run_id(size: str, curation: str, budget: float, unit: str) -> str:
 def step_cost(cfg: Config, size: str) -> float:
     """FLOPs (or crops) of one optimizer step of ``size`` under ``cfg``."""
     t = cfg.train
-    crops = cfg.data.batch_size * t.workers * t.grad_accum
+    crops = cfg.data.batch_size * t.processes * t.grad_accum
     if cfg.ladder.budget_unit == "crops":
         return float(crops)
     return float(train_flops(SIZES[size], cfg.data.crop, mask_ratio=cfg.model.mask_ratio)) * crops

@@ -173,7 +173,7 @@ TRIAL_CPU = 0.01  # the Tune function itself: it only drives its TorchTrainer
 def _trial_cpus(cfg: Config) -> float:
     """CPUs one trial needs at once: the function, its workers and one Ray Data task."""
     t = cfg.train
-    return TRIAL_CPU + t.workers * t.cpus_per_worker + cfg.data.map_cpus
+    return TRIAL_CPU + t.processes * t.cpus_per_worker + cfg.data.map_cpus
 
 
 def _release_callback():

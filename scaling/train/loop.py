@@ -13,6 +13,7 @@ worker group resumes from the latest one.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -112,6 +113,13 @@ def train_loop(config: dict) -> None:
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if t.workers == 0:  # local mode: one process, a process group of its own for DeepSpeed
+        torch.set_num_threads(max(1, math.ceil(t.cpus_per_worker)))
+        if not torch.distributed.is_initialized():
+            for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
+                os.environ.setdefault(key, value)
+            store = torch.distributed.HashStore()
+            torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
     device = ray.train.torch.get_device()
     torch.manual_seed(t.seed)
     model = build_model(cfg)
@@ -133,7 +141,11 @@ def train_loop(config: dict) -> None:
     )
 
     state = {"step": 0, "crops_seen": 0, "flops": 0, "restarts": 0, "branches_done": []}
+    # local mode keeps no Ray storage: checkpoints go to run.dir/checkpoints, kept here
+    local_root = Path(config.get("run_dir") or cfg.run.dir) / "checkpoints"
     ckpt = ray.train.get_checkpoint()
+    if ckpt is None and t.workers == 0 and sorted(local_root.glob("step_*")):
+        ckpt = ray.train.Checkpoint(str(sorted(local_root.glob("step_*"))[-1]))
     restarted = ckpt is not None
     if ckpt is None and config.get("resume"):
         ckpt = ray.train.Checkpoint(config["resume"])
@@ -179,7 +191,10 @@ def train_loop(config: dict) -> None:
             if rank == 0:  # every rank embeds (ZeRO-3 gathers need all); rank 0 probes
                 metrics.update(probe_metrics(emb, config["probe_set"]))
         if final or (s % t.checkpoint_every == 0 and branch is None):
-            d = tempfile.mkdtemp(prefix="ckpt-")
+            local = t.workers == 0
+            if local:
+                local_root.mkdir(parents=True, exist_ok=True)
+            d = tempfile.mkdtemp(prefix=".ckpt-", dir=local_root if local else None)
             engine.save_checkpoint(d, tag=TAG)
             weights = full_weights(engine, t.zero_stage, rank)
             if rank == 0:
@@ -188,8 +203,13 @@ def train_loop(config: dict) -> None:
                 (Path(d) / "state.json").write_text(json.dumps(state))
                 (Path(d) / "config.yaml").write_text(dump_config(cfg))
                 save_file(weights, str(Path(d) / "model.safetensors"))
+            if local:  # in place, then the oldest beyond train.keep_checkpoints go
+                d = str(Path(d).rename(local_root / f"step_{s:06d}"))
+                for old in sorted(local_root.glob("step_*"))[: -t.keep_checkpoints]:
+                    shutil.rmtree(old, ignore_errors=True)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-            shutil.rmtree(d, ignore_errors=True)
+            if not local:  # Ray Train has copied it to its storage
+                shutil.rmtree(d, ignore_errors=True)
         else:
             ray.train.report(metrics)
 

@@ -80,7 +80,7 @@ def build_trainer(
     per_epoch = sum(crops)
     if per_epoch == 0:
         raise InputError(f"{data}: no training sites after the hold-out and the selection")
-    needed = cfg.train.steps * cfg.data.batch_size * cfg.train.grad_accum * cfg.train.workers
+    needed = cfg.train.steps * cfg.data.batch_size * cfg.train.grad_accum * cfg.train.processes
     epochs = math.ceil(needed / per_epoch) + 1
     # a resumed run starts the stream at the task where its checkpoint left off
     done = json.loads((Path(resume) / "state.json").read_text())["crops_seen"] if resume else 0
@@ -96,11 +96,12 @@ def build_trainer(
             "resume": resume,
             "crops_at_start": done,
             "branch_dir": str(Path(cfg.run.dir).resolve() / "branches"),
+            "run_dir": str(Path(cfg.run.dir).resolve()),
         },
-        scaling_config=ScalingConfig(
+        scaling_config=ScalingConfig(  # workers=0: local mode, in this process
             num_workers=cfg.train.workers,
             use_gpu=cfg.train.use_gpu,
-            resources_per_worker={"CPU": cfg.train.cpus_per_worker},
+            resources_per_worker={"CPU": cfg.train.cpus_per_worker} if cfg.train.workers else None,
         ),
         datasets={"train": crop_stream(ds, cfg.data, epochs=epochs, start=start)},
         run_config=run_config,
@@ -141,6 +142,7 @@ def pretrain(cfg: Config, resume: str | None = None) -> dict:
         "checkpoint": result.checkpoint.path if result.checkpoint else None,
         "data": str(data),
     }
+    run_dir.mkdir(parents=True, exist_ok=True)
     tmp = run_dir / ".result.json.tmp"
     tmp.write_text(json.dumps(out, indent=2) + "\n")
     os.replace(tmp, run_dir / "result.json")
