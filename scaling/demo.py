@@ -78,7 +78,10 @@ def demo(out="demo-out", preset: str = "small", config=None, overrides=()) -> di
         config,
         [f"world.preset={preset}", f"data.path={world}", f"run.dir={ladder_dir}", *overrides],
     )
+    from scaling.parallel import init_ray
+
     t0 = time.perf_counter()
+    init_ray(logs=False)  # the workers' output stays in Ray's logs; the demo's own leads
     _step(1, f"synthesise the '{preset}' world -> {world}")
     info = world / "world.json"
     if info.is_file() and json.loads(info.read_text()).get("preset") == preset:

@@ -67,3 +67,34 @@ def smoke_run(tiny_world, tmp_path_factory):
         ],
     )
     return cfg, pretrain(cfg), run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_ladder(tiny_world, tmp_path_factory):
+    """The tiny ladder (jobs/configs/ladder-tiny.yaml) laid out as ``scaling demo --preset
+    tiny --config ladder-tiny.yaml --out DIR`` lays it out, run for real in three calls:
+    stopped after its first finished run, resumed, then called once more. Shared by the
+    ladder test (which checks the three calls) and the demo test (whose ladder is then done).
+    Returns (DIR, config, [the three calls' summaries])."""
+    import shutil
+    from pathlib import Path
+
+    import pandas as pd
+
+    from scaling.config import load_config
+    from scaling.ladder.grid import ladder
+
+    out = tmp_path_factory.mktemp("demo").resolve()
+    shutil.copytree(tiny_world, out / "world")
+    cfg = load_config(
+        Path(__file__).parent.parent / "jobs/configs/ladder-tiny.yaml",
+        ["world.preset=tiny", f"data.path={out / 'world'}", f"run.dir={out / 'ladder'}"],
+    )
+    quiet = dict(progress=False, log=lambda *a: None)
+    first = ladder(cfg, max_runs=1, **quiet)
+    done = {p.parent.name for p in (out / "ladder" / "runs").glob("*/row.json")}
+    stamps = {r: (out / "ladder" / "runs" / r / "row.json").stat().st_mtime_ns for r in done}
+    first_runs = pd.read_parquet(out / "ladder" / "runs.parquet")
+    second = ladder(cfg, **quiet)
+    third = ladder(cfg, **quiet)
+    return out, cfg, [first, second, third], done, stamps, first_runs

@@ -1,6 +1,7 @@
 """The command line end to end: synth, stream with a montage, the demo, the data bench."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -36,12 +37,25 @@ def test_synth_then_stream_with_montage(tmp_path):
     assert img.ndim == 3 and img.shape[2] == 3 and img.std() > 10  # a real picture
 
 
-def test_demo_tells_what_it_made(tmp_path):
-    rc, out, err = run_cli("demo", "--preset", "tiny", "--out", tmp_path / "demo")
-    assert rc == 0, err
-    for made in ("world", "curated-random", "crops.png"):
-        assert (tmp_path / "demo" / made).exists() and made in out
-    assert "experiments" in out and "crops/s" in out
+def test_demo_end_to_end_on_a_finished_tiny_ladder(tiny_ladder):
+    """``scaling demo`` on the tiny world with the tiny ladder, whose runs the session's
+    fixture finished (the ladder is idempotent, so the demo reuses them): it fits, writes
+    the report and prints where it is, three findings and its two checks."""
+    out, *_ = tiny_ladder
+    config = Path(__file__).parent.parent / "jobs/configs/ladder-tiny.yaml"
+    rc, stdout, err = run_cli(
+        "demo", "--preset", "tiny", "--config", config, "--out", out, timeout=600
+    )
+    assert rc in (0, 1), err  # 1: a check not met (the tiny ladder is too small to show it)
+    assert "ladder: 8 runs, 8 already done, 0 to run" in stdout
+    report = out / "ladder" / "report" / "report.html"
+    assert report.is_file() and f"The report: {report}" in stdout
+    fit = json.loads((out / "ladder" / "fit" / "fit.json").read_text())
+    assert {"E", "A", "B", "alpha", "beta", "ci"} <= set(fit["loss_law"])
+    findings = stdout.split("Findings:")[1].split("Checks:")[0].strip().splitlines()
+    assert len(findings) == 3 and all(f.startswith("  - ") for f in findings)
+    assert stdout.count("[ok]") + stdout.count("[NOT MET]") == 2
+    assert "data:image/png;base64," in report.read_text()
 
 
 def test_data_bench_lines(tiny_world, ray_session):

@@ -83,41 +83,35 @@ def test_bad_ladder_config_exits_2_before_ray(tmp_path, override, key):
     assert not (tmp_path / "world").exists()  # nothing was made
 
 
-def test_tiny_ladder_interrupted_then_resumed(tiny_world, tmp_path):
+def test_tiny_ladder_interrupted_then_resumed(tiny_ladder):
     """A real ladder (Ray Train local-mode DeepSpeed runs with WSD branches, Ray Data
     evaluation) stopped after its first finished run, cancelling the run still going; the
     rerun finishes exactly the missing runs and leaves the finished ones alone; a third
     call has nothing to do."""
-    from scaling.ladder.grid import ladder
-
-    cfg = load_config(TINY, [f"data.path={tiny_world}", f"run.dir={tmp_path}"])
+    out, cfg, (first, second, third), done, stamps, first_runs = tiny_ladder
+    ladder_dir = out / "ladder"
     everything = {
         f"{s}_{c}_f{b}"
         for s in ("cpu-xs", "cpu-s")
         for c in ("phenoprints", "random")
         for b in ("4e10", "8e10")
     }
-    quiet = dict(progress=False, log=lambda *a: None)
-    first = ladder(cfg, max_runs=1, **quiet)
     assert not first["failed"]
     # one WSD trunk finished: its own budget and the branch at the smaller one
     (trunk,) = {r.rsplit("_", 1)[0] for r in first["ran"]}
     assert sorted(first["ran"]) == [f"{trunk}_f4e10", f"{trunk}_f8e10"]
     # a run that was finishing as the ladder stopped may have finished too
-    done = {r for r in everything if (tmp_path / "runs" / r / "row.json").is_file()}
     assert set(first["ran"]) <= done and len(done) < len(everything)
-    stamps = {r: (tmp_path / "runs" / r / "row.json").stat().st_mtime_ns for r in done}
-    runs = pd.read_parquet(tmp_path / "runs.parquet")
-    assert set(runs.loc[runs["kind"] == "mae", "run_id"]) == done
+    assert set(first_runs.loc[first_runs["kind"] == "mae", "run_id"]) == done
 
-    second = ladder(cfg, **quiet)
     assert second["skipped"] == len(done) and not second["failed"]
     assert sorted(second["ran"]) == sorted(everything - done)
     for r, stamp in stamps.items():  # the finished runs were not redone
-        assert (tmp_path / "runs" / r / "row.json").stat().st_mtime_ns == stamp
+        assert (ladder_dir / "runs" / r / "row.json").stat().st_mtime_ns == stamp
+    assert third["ran"] == [] and third["skipped"] == 8
 
-    runs = pd.read_parquet(tmp_path / "runs.parquet")
-    metrics = pd.read_parquet(tmp_path / "metrics.parquet")
+    runs = pd.read_parquet(ladder_dir / "runs.parquet")
+    metrics = pd.read_parquet(ladder_dir / "metrics.parquet")
     mae = runs[runs["kind"] == "mae"].set_index("run_id")
     assert set(mae.index) == everything
     assert set(runs.loc[runs["kind"] == "baseline", "run_id"]) == {
@@ -129,13 +123,12 @@ def test_tiny_ladder_interrupted_then_resumed(tiny_world, tmp_path):
     for rid, r in mae.iterrows():
         trunk_id = rid.replace("f4e10", "f8e10")
         assert r["wsd_trunk"] == trunk_id and r["schedule"] == "wsd"
-        trunk_dir = tmp_path / "runs" / trunk_id
+        trunk_dir = ladder_dir / "runs" / trunk_id
         if rid == trunk_id:  # the trunk's own accounting
             acct = json.loads((trunk_dir / "result.json").read_text())
         else:  # the branch's, written when its cool-down ended
-            acct = json.loads(
-                (trunk_dir / "branches" / f"step_{int(r['steps']):06d}/state.json").read_text()
-            )
+            branch = trunk_dir / "branches" / f"step_{int(r['steps']):06d}"
+            acct = json.loads((branch / "state.json").read_text())
         assert r["flops"] == acct["flops"] and r["crops_seen"] == acct["crops_seen"]
         # the compute spent is the budget, to within half a step
         assert abs(r["flops"] - r["budget"]) <= train_flops(SIZES[r["model"]], 64) * 32 / 2 + 1
@@ -144,6 +137,3 @@ def test_tiny_ladder_interrupted_then_resumed(tiny_world, tmp_path):
         assert sorted(blocks.unique()) == list(range(1, SIZES[r["model"]].depth + 1))
     assert set(metrics["run_id"]) == set(runs["run_id"])
     assert {"recall_complex", "consistency_ks", "probe_perturbation"} <= set(metrics["metric"])
-
-    third = ladder(cfg, **quiet)
-    assert third["ran"] == [] and third["skipped"] == 8

@@ -31,9 +31,11 @@ def _cpu(name, depth, width, heads, patch=8):
 SIZES: dict[str, ViTSize] = {
     s.name: s
     for s in (
-        # CPU ladder for 64 px crops (patch 8 -> 64 patches): ~100x in encoder parameters
+        # CPU ladder for 64 px crops (patch 8 -> 64 patches): ~300x in encoder parameters
+        _cpu("cpu-2xs", depth=2, width=16, heads=2),
         _cpu("cpu-xs", depth=2, width=32, heads=2),
         _cpu("cpu-s", depth=4, width=64, heads=4),
+        _cpu("cpu-sm", depth=5, width=96, heads=4),
         _cpu("cpu-m", depth=6, width=128, heads=4),
         _cpu("cpu-l", depth=8, width=192, heads=6),
         # the paper's sizes, 256 px crops

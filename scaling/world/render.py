@@ -76,7 +76,7 @@ def render_site(
     cy, cx = centres[:, 0, None, None], centres[:, 1, None, None]
 
     r_nuc = 6.5 * np.exp(0.5 * f[1]) * rng.lognormal(0.0, 0.1, n)
-    elong = np.exp(0.5 * f[2] + rng.normal(0.0, 0.15, n))
+    elong = np.exp(1.0 * f[2] + rng.normal(0.0, 0.15, n))
     a, b = r_nuc * np.sqrt(elong), r_nuc / np.sqrt(elong)
     theta = rng.uniform(0, np.pi, n)
     r_cell = np.maximum(r_cell_mean * rng.lognormal(0.0, 0.12, n), 1.4 * a)
@@ -106,17 +106,17 @@ def render_site(
     img = np.empty((6, size, size), np.float32)
 
     # nuclei: chromatin texture grows with f[15]
-    img[0] = nuc * np.clip(1.0 + 0.25 * np.exp(0.8 * f[15]) * noise[0], 0.2, None)
+    img[0] = nuc * np.clip(1.0 + 0.25 * np.exp(1.6 * f[15]) * noise[0], 0.2, None)
     # ER: perinuclear, decaying over a length set by f[13], reticular texture
     spread = 6.0 * np.exp(0.6 * f[13])
     img[1] = cyto * np.exp(-np.clip(d_own, 0, None) / spread) * np.clip(1 + 0.4 * noise[1], 0, None)
     # actin: stress fibres whose alignment is set by f[12], plus the cortical rim
-    alpha = rng.uniform(0, np.pi) + rng.normal(0.0, 1.0 * np.exp(-0.8 * f[12]), n)
+    alpha = rng.uniform(0, np.pi) + rng.normal(0.0, 1.0 * np.exp(-1.6 * f[12]), n)
     al = alpha[owner]
     stripes = 0.5 + 0.5 * np.cos(2 * np.pi * (xx * np.cos(al) + yy * np.sin(al)) / 5.0)
     img[2] = cell * (0.35 + 0.45 * stripes) + 0.6 * rim
     # RNA: nucleoli, their number set by f[11], plus faint nucleus and cytoplasm
-    k = rng.poisson(2.0 * np.exp(0.8 * f[11]), n) + 1
+    k = rng.poisson(2.0 * np.exp(1.6 * f[11]), n) + 1
     owner_spot = np.repeat(np.arange(n), k)
     ru, rv = rng.uniform(-0.6, 0.6, (2, owner_spot.size))
     su, sv = ru * a[owner_spot], rv * b[owner_spot]
@@ -125,7 +125,7 @@ def render_site(
     sx = centres[owner_spot, 1] + su * np.cos(t) - sv * np.sin(t)
     img[3] = 0.2 * cyto + 0.3 * nuc + _spots((size, size), sy, sx, 1.1)
     # mitochondria: puncta whose size (granularity) is set by f[10], same mean brightness
-    sigma_m = 0.8 * np.exp(0.6 * f[10])
+    sigma_m = 0.8 * np.exp(1.2 * f[10])
     p = min(0.5, 0.5 / (2 * np.pi * sigma_m**2))
     w = cyto * np.exp(-np.clip(d_own, 0, None) / (2 * spread))
     pts = np.nonzero(rng.random((size, size)) < p * w)
@@ -134,7 +134,7 @@ def render_site(
     gang = rng.uniform(0, 2 * np.pi, n)
     gy = centres[:, 0] + 1.3 * r_nuc * np.sin(gang)
     gx = centres[:, 1] + 1.3 * r_nuc * np.cos(gang)
-    img[5] = 0.15 * cell + 0.5 * rim + 0.8 * _spots((size, size), gy, gx, 2.0 * np.exp(0.6 * f[14]))
+    img[5] = 0.15 * cell + 0.5 * rim + 0.8 * _spots((size, size), gy, gx, 2.0 * np.exp(1.2 * f[14]))
 
     img *= (BASE_INTENSITY * np.exp(0.6 * f[4:10]))[:, None, None]
 
