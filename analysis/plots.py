@@ -175,6 +175,18 @@ def compute_k(fit: dict, runs: pd.DataFrame) -> float:
     return 6.0
 
 
+def size_k(runs: pd.DataFrame) -> dict[float, float]:
+    """Each size's own k = flops / (params * crops_seen) (median over its runs), keyed by
+    params: the cost of a crop is not proportional to N (the decoder, attention), so a
+    size's loss curve against compute uses its own k."""
+    mae = mae_runs(runs)
+    if not {"flops", "params", "crops_seen"} <= set(mae.columns) or not len(mae):
+        return {}
+    ratio = mae["flops"] / (mae["params"] * mae["crops_seen"])
+    ok = np.isfinite(ratio) & (ratio > 0)
+    return {float(n): float(v) for n, v in ratio[ok].groupby(mae["params"][ok]).median().items()}
+
+
 def compute_optimal(law: dict, k: float, budget: float) -> tuple[float, float]:
     """(N_opt, D_opt) at compute ``budget`` under the loss law with C = k N D:
     N_opt = G (C/k)^(beta/(alpha+beta)), G = (alpha A / (beta B))^(1/(alpha+beta)),
@@ -381,11 +393,13 @@ def default_bands(runs: pd.DataFrame, metrics: pd.DataFrame, fit: dict, n_boot: 
         lines = cache[key]
         return percentile_band(lines[:, :1] + lines[:, 1:] * np.log10(x)[None, :])
 
+    per_size = size_k(runs)
+
     def loss(n, x):
         samples = parameter_samples(section(fit, "loss_law"), LOSS_PARAMS)
         if not len(samples):
             return None
-        d = x / (compute_k(fit, runs) * n)
+        d = x / (per_size.get(float(n), compute_k(fit, runs)) * n)
         return percentile_band(
             np.array([loss_at(dict(zip(LOSS_PARAMS, s, strict=True)), n, d) for s in samples])
         )
@@ -521,6 +535,7 @@ def plot_loss_vs_compute(runs, fit, out_dir: Path, bands: Bands) -> list[Path]:
     ]
     grid = compute_grid(mae["flops"])
     law, k = section(fit, "loss_law"), compute_k(fit, runs)
+    per_size = size_k(runs)
     if has_loss_law(fit):
         drew_band = False
         params = mae.groupby("model")["params"].max()
@@ -532,8 +547,9 @@ def plot_loss_vs_compute(runs, fit, out_dir: Path, bands: Bands) -> list[Path]:
             if band is not None:
                 ax.fill_between(grid, *band, color=colour, alpha=0.12, lw=0, zorder=1)
                 drew_band = True
-            ax.plot(grid, loss_at(law, n, grid / (k * n)), color=colour, lw=1.0, ls=":", zorder=2)
-        handles.append(Line2D([], [], color="#555555", ls=":", label="loss law L(N, D=C/kN)"))
+            kn = per_size.get(n, k)  # this size's FLOPs per parameter and crop
+            ax.plot(grid, loss_at(law, n, grid / (kn * n)), color=colour, lw=1.0, ls=":", zorder=2)
+        handles.append(Line2D([], [], color="#555555", ls=":", label="loss law L(N, D) per size"))
         if drew_band:
             handles.append(Patch(color="#555555", alpha=0.2, label=f"loss law, {BAND_LABEL}"))
     frontier = frontier_points(fit, "loss", mae, "loss", lower_is_better=True)
