@@ -114,6 +114,7 @@ class TrainConfig:
     peak_tflops: float = 989.0  # per device, for MFU on GPU (H100 bf16 dense)
     eval_every: int = 0  # probe every block on a fixed set of wells every N steps (0: off)
     eval_wells: int = 256  # wells in that set (one site each)
+    tensorboard: bool = True  # rank 0 writes run.dir/tensorboard event files
     seed: int = 0
 
     @property

@@ -71,6 +71,8 @@ def test_two_worker_zero2_run_learns(tiny_world, smoke_run):
     assert 0.0 <= r["probe_perturbation"] <= 1.0 and 0.0 <= r["probe_pathway"] <= 1.0
     shards = sorted(p.name for p in (ckpt / "ds").glob("zero_pp_rank_*"))
     assert len(shards) == 2  # ZeRO-2: each rank saved its optimizer partition
+    events = list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 1 and events[0].stat().st_size > 0  # rank 0's TensorBoard file
     assert json.loads((ckpt / "state.json").read_text())["step"] == steps
 
     # the trained weights reconstruct the held-out tiles better than the initial ones

@@ -167,6 +167,12 @@ def train_loop(config: dict) -> None:
     # (without training) this worker's share of what the checkpoint had already consumed
     skip = (state["crops_seen"] - config.get("crops_at_start", 0)) // world
 
+    tb = None  # TensorBoard: `tensorboard --logdir run.dir` (a ladder: all its runs)
+    if rank == 0 and t.tensorboard:
+        from tensorboardX import SummaryWriter
+
+        tb = SummaryWriter(str(Path(config.get("run_dir") or cfg.run.dir) / "tensorboard"))
+
     def report(final: bool = False) -> None:
         nonlocal window
         s = state["step"]
@@ -190,6 +196,11 @@ def train_loop(config: dict) -> None:
             emb = embed_set(engine.module, config["probe_set"], cfg.data.batch_size, device, dtype)
             if rank == 0:  # every rank embeds (ZeRO-3 gathers need all); rank 0 probes
                 metrics.update(probe_metrics(emb, config["probe_set"]))
+        if tb is not None:
+            for key, value in metrics.items():
+                if isinstance(value, int | float) and key not in ("step", "restarts"):
+                    tb.add_scalar(f"{'branch' if branch else 'train'}/{key}", value, s)
+            tb.flush()
         if final or (s % t.checkpoint_every == 0 and branch is None):
             local = t.workers == 0
             if local:
