@@ -53,7 +53,7 @@ def test_demo_end_to_end_on_a_finished_tiny_ladder(tiny_ladder):
     fit = json.loads((out / "ladder" / "fit" / "fit.json").read_text())
     assert {"E", "A", "B", "alpha", "beta", "ci"} <= set(fit["loss_law"])
     findings = stdout.split("Findings:")[1].split("Checks:")[0].strip().splitlines()
-    assert len(findings) == 3 and all(f.startswith("  - ") for f in findings)
+    assert len(findings) == 3 and all(f.strip().startswith("- ") for f in findings)
     assert stdout.count("[ok]") + stdout.count("[NOT MET]") == 2
     assert "data:image/png;base64," in report.read_text()
 
@@ -79,8 +79,10 @@ def test_flops_bench_lines():
     assert rc == 0, err
     lines = [json.loads(x) for x in out.splitlines()]
     assert [x["case"].split()[0] for x in lines] == [
+        "cpu-2xs",
         "cpu-xs",
         "cpu-s",
+        "cpu-sm",
         "cpu-m",
         "cpu-l",
         "S/16",
