@@ -49,15 +49,22 @@ FIT_JSON_KEYS = (
 # ------------------------------------------------------------------------ public API
 
 
-def fit(runs_path, metrics_path, out_dir, bootstrap: int = 200, seed: int = 0) -> dict:
+def fit(
+    runs_path, metrics_path, out_dir, bootstrap: int = 200, seed: int = 0, figures: bool = False
+) -> dict:
     """Read the runs (and optional metrics) Parquet tables, fit every law and write
-    ``out_dir/fit.json`` atomically (temp file in the same folder, then os.replace).
-    Returns the fit.json dict. InputError names the file that is missing, unreadable or
-    short of a column."""
-    runs = _read_table(runs_path, RUNS_COLUMNS)
-    metrics = None if metrics_path is None else _read_table(metrics_path, METRICS_COLUMNS)
+    ``out_dir/fit.json`` atomically (temp file in the same folder, then os.replace), and
+    with ``figures`` the plots of ``analysis.plots`` under ``out_dir/figures``. Returns the
+    fit.json dict. InputError names the file that is missing, unreadable or short of a
+    column."""
+    runs = read_table(runs_path, RUNS_COLUMNS)
+    metrics = None if metrics_path is None else read_table(metrics_path, METRICS_COLUMNS)
     result = fit_tables(runs, metrics, bootstrap=bootstrap, seed=seed)
     write_json(result, Path(out_dir) / "fit.json")
+    if figures:
+        from analysis.plots import plot_all
+
+        plot_all(runs, metrics, result, Path(out_dir) / "figures")
     return result
 
 
@@ -138,12 +145,12 @@ def recommend(fit_json: dict, budget_flops: float, metric: str = BEST_BLOCK_METR
 # -------------------------------------------------------------------------- reading
 
 
-def _read_table(path, columns: tuple[str, ...]) -> pd.DataFrame:
+def read_table(path, columns: tuple[str, ...]) -> pd.DataFrame:
     """A Parquet file as a DataFrame; InputError naming the file if it is missing,
     unreadable or lacks one of ``columns``."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path}: no such file")
+        raise InputError(f"{path}: not found (run `scaling ladder` to make it)")
     try:
         df = pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises many types for a bad file

@@ -34,12 +34,11 @@ import numpy as np
 import pandas as pd
 
 from analysis import plots
+from analysis.fit import METRICS_COLUMNS, RUNS_COLUMNS, read_table
 from analysis.plots import ci, finite, label, num, section
 from scaling.errors import InputError
 
 HEADLINE = "recall_complex"
-RUNS_COLUMNS = ("run_id", "model", "params", "curation", "crops_seen", "flops", "loss")
-METRICS_COLUMNS = ("run_id", "block", "metric", "value")
 BUDGET_FACTOR = 10.0  # default budget: this many times the largest compute in the ladder
 DASH = "—"
 
@@ -128,20 +127,6 @@ def caption(stem: str, fit: dict) -> str:
 def fit_command(ladder: Path) -> str:
     """The command that writes a ladder's fit.json."""
     return f"scaling fit --runs {ladder / 'runs.parquet'} --metrics {ladder / 'metrics.parquet'} --out {ladder / 'fit'}"
-
-
-def read_table(path: Path, columns) -> pd.DataFrame:
-    """A Parquet table with at least ``columns``; InputError naming the file otherwise."""
-    if not path.is_file():
-        raise InputError(f"{path}: not found (run `scaling ladder` to make it)")
-    try:
-        table = pd.read_parquet(path)
-    except Exception as err:  # pyarrow raises several types for a broken file
-        raise InputError(f"{path}: not a readable Parquet file ({err})") from err
-    missing = [c for c in columns if c not in table.columns]
-    if missing:
-        raise InputError(f"{path}: missing column(s) {', '.join(missing)}")
-    return table
 
 
 def read_fit(path: Path, ladder: Path) -> dict:

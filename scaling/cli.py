@@ -146,13 +146,8 @@ def cmd_ladder(a) -> int:
 
 def cmd_fit(a) -> int:
     from analysis.fit import fit
-    from analysis.plots import plot_all
-    from analysis.report import METRICS_COLUMNS, RUNS_COLUMNS, read_table
 
-    f = fit(a.runs, a.metrics, a.out, bootstrap=a.bootstrap, seed=a.seed)
-    runs = read_table(Path(a.runs), RUNS_COLUMNS)
-    metrics = read_table(Path(a.metrics), METRICS_COLUMNS) if a.metrics else None
-    figures = plot_all(runs, metrics, f, Path(a.out) / "figures")
+    f = fit(a.runs, a.metrics, a.out, bootstrap=a.bootstrap, seed=a.seed, figures=True)
     law = f["loss_law"]
     print(
         f"loss law L = {law['E']:.3g} + {law['A']:.3g}/N^{law['alpha']:.3f} + "
@@ -168,7 +163,8 @@ def cmd_fit(a) -> int:
         )
     for name, why in f.get("skipped", {}).items():
         print(f"  skipped {name}: {why}")
-    print(f"wrote {Path(a.out) / 'fit.json'} and {len(figures)} figure files")
+    figures = len(list((Path(a.out) / "figures").glob("*")))
+    print(f"wrote {Path(a.out) / 'fit.json'} and {figures} figure files")
     return 0
 
 
