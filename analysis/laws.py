@@ -373,17 +373,22 @@ class LinearLaw:
         return self.intercept + self.slope * np.log10(np.asarray(C, dtype=float))
 
 
-def check_linear_inputs(C, m) -> tuple[np.ndarray, np.ndarray]:
-    """Validate (C, m) for the linear law: >= 3 runs at >= 2 distinct computes.
-    Returns (log10 C, m), shape (n_runs,) each."""
+def _check_metric_inputs(law: str, C, m, runs: int, computes: int):
+    """Validate (C, m) for a metric law needing ``runs`` runs at ``computes`` distinct
+    computes. Returns (log10 C, m), shape (n_runs,) each."""
     x, m = _log10_compute(C), check_finite("metric value", m)
     _same_length(C=x, m=m)
-    if x.size < MIN_LINEAR_RUNS or _n_distinct(x) < MIN_LINEAR_COMPUTES:
+    if x.size < runs or _n_distinct(x) < computes:
         raise InputError(
-            f"linear law: {x.size} runs at {_n_distinct(x)} distinct computes, needs at least "
-            f"{MIN_LINEAR_RUNS} runs at {MIN_LINEAR_COMPUTES} distinct computes"
+            f"{law} law: {x.size} runs at {_n_distinct(x)} distinct computes, needs at least "
+            f"{runs} runs at {computes} distinct computes"
         )
     return x, m
+
+
+def check_linear_inputs(C, m) -> tuple[np.ndarray, np.ndarray]:
+    """Validate (C, m) for the linear law: >= 3 runs at >= 2 distinct computes."""
+    return _check_metric_inputs("linear", C, m, MIN_LINEAR_RUNS, MIN_LINEAR_COMPUTES)
 
 
 def _linear_batch(x: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -499,16 +504,8 @@ def _saturating_batch(x: np.ndarray, m: np.ndarray):
 
 
 def check_saturating_inputs(C, m) -> tuple[np.ndarray, np.ndarray]:
-    """Validate (C, m) for the saturating law: >= 5 runs at >= 3 distinct computes.
-    Returns (log10 C, m), shape (n_runs,) each."""
-    x, m = _log10_compute(C), check_finite("metric value", m)
-    _same_length(C=x, m=m)
-    if x.size < MIN_SATURATING_RUNS or _n_distinct(x) < MIN_SATURATING_COMPUTES:
-        raise InputError(
-            f"saturating law: {x.size} runs at {_n_distinct(x)} distinct computes, needs at "
-            f"least {MIN_SATURATING_RUNS} runs at {MIN_SATURATING_COMPUTES} distinct computes"
-        )
-    return x, m
+    """Validate (C, m) for the saturating law: >= 5 runs at >= 3 distinct computes."""
+    return _check_metric_inputs("saturating", C, m, MIN_SATURATING_RUNS, MIN_SATURATING_COMPUTES)
 
 
 def fit_saturating(C, m) -> SaturatingLaw:
