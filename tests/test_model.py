@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from scaling.model.flops import counted_train_flops, train_flops
-from scaling.model.mae import MAE
+from scaling.model.mae import MAE, self_standardize
 from scaling.model.sizes import SIZES
-from scaling.stream.crops import self_standardize
 
 CPU_SIZES = [n for n in SIZES if n.startswith("cpu")]
 

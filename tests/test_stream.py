@@ -14,8 +14,9 @@ import torch
 from scaling.config import DataConfig
 from scaling.curate.select import curate
 from scaling.errors import InputError
+from scaling.model.mae import self_standardize
 from scaling.shards.dataset import open_dataset
-from scaling.stream.crops import crop_table, grid_tiles, held_out, self_standardize, site_ids
+from scaling.stream.crops import crop_table, grid_tiles, held_out, site_ids
 from scaling.stream.pipeline import CropBatch, crop_stream, validation_tiles
 
 CFG = DataConfig(crop=64, crops_per_site=3, batch_size=32, val_fraction=0.1, map_cpus=0.5)

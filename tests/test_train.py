@@ -11,9 +11,9 @@ from safetensors.torch import load_file
 
 from scaling.config import load_config
 from scaling.model.flops import train_flops
+from scaling.model.mae import MAE
 from scaling.model.sizes import SIZES
 from scaling.stream.pipeline import validation_tiles
-from scaling.train.loop import build_model
 from scaling.train.optim import Lion, one_cycle
 
 ROOT = Path(__file__).parent.parent
@@ -88,8 +88,8 @@ def test_two_worker_zero2_run_learns(tiny_world, smoke_run):
 
     tiles = torch.from_numpy(validation_tiles(tiny_world, cfg.data))
     torch.manual_seed(cfg.train.seed)
-    before = validation_loss(Engine(build_model(cfg)), tiles, batch, cfg.train.seed)
-    trained = build_model(cfg)
+    before = validation_loss(Engine(MAE.from_config(cfg)), tiles, batch, cfg.train.seed)
+    trained = MAE.from_config(cfg)
     trained.load_state_dict(load_file(str(ckpt / "model.safetensors")))
     after = validation_loss(Engine(trained), tiles, batch, cfg.train.seed)
     assert after == pytest.approx(r["loss"], rel=1e-4)  # the run's own final validation loss
@@ -168,7 +168,7 @@ def test_gpu_configs_are_valid_without_a_gpu(name):
     assert ds["train_batch_size"] == cfg.data.batch_size * cfg.train.workers
     assert ds["bf16"]["enabled"] and ds["zero_optimization"]["stage"] == cfg.train.zero_stage
     with torch.device("meta"):
-        model = build_model(cfg)
+        model = MAE.from_config(cfg)
     enc = model.param_counts()["encoder"]
     assert abs(enc - params) / params < 0.03
     assert model.grad_checkpoint == (size in ("L/8", "G/8"))  # the large ones recompute

@@ -29,10 +29,11 @@ import torch.nn.functional as F
 from scipy import ndimage as ndi
 
 from scaling.errors import InputError
+from scaling.model.mae import self_standardize
 from scaling.parallel import init_ray, parallel_map
 from scaling.shards.dataset import Dataset, open_dataset, read_selected
 from scaling.shards.format import CHANNELS, KEY_COLUMNS
-from scaling.stream.crops import decode_sites, held_out, self_standardize, site_ids
+from scaling.stream.crops import decode_sites, held_out, site_ids
 
 WELL_COLUMNS = KEY_COLUMNS + ["perturbation", "is_control"]
 NUCLEI, CELL_CHANNELS = 0, (1, 2, 5)  # nuclei (Hoechst); ER, actin, Golgi/membrane (WGA)

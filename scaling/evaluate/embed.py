@@ -73,10 +73,8 @@ def load_spec(checkpoint) -> ModelSpec:
 
 
 def build(spec: ModelSpec) -> MAE:
-    from scaling.train.loop import build_model
-
     torch.manual_seed(spec.seed)
-    model = build_model(spec.cfg)
+    model = MAE.from_config(spec.cfg)
     if spec.weights is not None:
         from safetensors.torch import load_file
 

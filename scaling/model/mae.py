@@ -13,14 +13,30 @@ D encoder width, K visible patches.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from scaling.model.sizes import ViTSize
-from scaling.stream.crops import self_standardize
+from scaling.model.sizes import SIZES, ViTSize
+
+if TYPE_CHECKING:
+    from scaling.config import Config
+
+
+def self_standardize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Per-crop, per-channel standardisation: (B, C, H, W) any dtype -> float32, mean 0, std 1.
+
+    Lives in the model's forward, on the device: the stream moves raw uint8 crops (4x fewer
+    bytes than float32), and training, evaluation and baselines share one definition.
+    """
+    x = x.float()
+    mean = x.mean(dim=(-2, -1), keepdim=True)
+    std = x.std(dim=(-2, -1), keepdim=True, unbiased=False)
+    return (x - mean) / (std + eps)
 
 
 def sincos_2d(dim: int, grid: int, cls: bool = True) -> torch.Tensor:
@@ -128,6 +144,22 @@ class MAE(nn.Module):
         self.decoder_pred = nn.Linear(dd, p * p * channels)
         self._init_weights()
 
+    @classmethod
+    def from_config(cls, cfg: Config, channels: int = 6) -> MAE:
+        """The MAE of a run's configuration: ``model.*`` options at ``data.crop`` pixels."""
+        m = cfg.model
+        return cls(
+            SIZES[m.name],
+            img_size=cfg.data.crop,
+            channels=channels,
+            mask_ratio=m.mask_ratio,
+            norm_pix_loss=m.norm_pix_loss,
+            qk_norm=m.qk_norm,
+            layer_scale=m.layer_scale,
+            fourier_weight=m.fourier_weight,
+            grad_checkpoint=m.grad_checkpoint,
+        )
+
     def _init_weights(self) -> None:
         w = self.patch_embed.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
@@ -211,13 +243,21 @@ class MAE(nn.Module):
     # --- loss --------------------------------------------------------------------------------
     def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor):
         """Standardised images (B, C, H, W), pred (B, N, p*p*C), mask (B, N) ->
-        (loss, {"mse": ..., "fourier": ...}), all scalars."""
+        (loss, {"mse": ..., "fourier": ...}), all float32 scalars, outside autocast (the
+        precision policy, ``scaling.model.precision``)."""
+        device = pred.device.type
+        if device in ("cpu", "cuda") and torch.is_autocast_enabled(device):
+            with torch.autocast(device, enabled=False):
+                return self._loss(imgs.float(), pred.float(), mask)
+        return self._loss(imgs.float(), pred.float(), mask)
+
+    def _loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor):
         target = self.patchify(imgs)
         if self.norm_pix_loss:
             mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
             target = (target - mean) / (var + 1e-6).sqrt()
         mse = (((pred - target) ** 2).mean(-1) * mask).sum() / mask.sum()
-        spectrum = lambda x: torch.fft.fft2(self.unpatchify(x).float(), norm="ortho").abs()  # noqa: E731
+        spectrum = lambda x: torch.fft.fft2(self.unpatchify(x), norm="ortho").abs()  # noqa: E731
         fourier = (spectrum(pred) - spectrum(target)).abs().mean()
         w = self.fourier_weight
         return (1 - w) * mse + w * fourier, {"mse": mse.detach(), "fourier": fourier.detach()}
@@ -240,7 +280,7 @@ class MAE(nn.Module):
         out = []
         for blk in self.blocks:
             x = blk(x)
-            out.append(self.norm(x)[:, 1:].mean(dim=1))
+            out.append(self.norm(x)[:, 1:].float().mean(dim=1))  # float32 under bf16 too
         return torch.stack(out, dim=1)
 
     def param_counts(self) -> dict[str, int]:

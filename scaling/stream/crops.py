@@ -1,6 +1,6 @@
-"""Cutting crops from sites, site identity, the hold-out rule, and self-standardisation.
+"""Cutting crops from sites, site identity and the hold-out rule.
 
-Pure numpy/pyarrow/torch functions: the Ray Data pipeline (``pipeline.py``) maps
+Pure numpy/pyarrow functions: the Ray Data pipeline (``pipeline.py``) maps
 :func:`crop_table` over parts of shards, and the validation set reuses the same rules.
 """
 
@@ -10,7 +10,6 @@ import hashlib
 
 import numpy as np
 import pyarrow as pa
-import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
 from scaling.shards.dataset import well_keys
@@ -105,15 +104,3 @@ def grid_tiles(site: np.ndarray, crop: int) -> np.ndarray:
     ny, nx = h // crop, w // crop
     t = site[:, : ny * crop, : nx * crop].reshape(c, ny, crop, nx, crop)
     return t.transpose(1, 3, 0, 2, 4).reshape(ny * nx, c, crop, crop)
-
-
-def self_standardize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Per-crop, per-channel standardisation: (B, C, H, W) any dtype -> float32, mean 0, std 1.
-
-    Lives in the model's forward, on the device: the stream moves raw uint8 crops (4x fewer
-    bytes than float32), and training, evaluation and baselines share one definition.
-    """
-    x = x.float()
-    mean = x.mean(dim=(-2, -1), keepdim=True)
-    std = x.std(dim=(-2, -1), keepdim=True, unbiased=False)
-    return (x - mean) / (std + eps)

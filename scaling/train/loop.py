@@ -33,20 +33,6 @@ from scaling.train.optim import branch_start, make_optimizer, one_cycle, wsd
 TAG = "ds"
 
 
-def build_model(cfg: Config) -> MAE:
-    m = cfg.model
-    return MAE(
-        SIZES[m.name],
-        img_size=cfg.data.crop,
-        mask_ratio=m.mask_ratio,
-        norm_pix_loss=m.norm_pix_loss,
-        qk_norm=m.qk_norm,
-        layer_scale=m.layer_scale,
-        fourier_weight=m.fourier_weight,
-        grad_checkpoint=m.grad_checkpoint,
-    )
-
-
 def deepspeed_config(cfg: Config, world: int) -> dict:
     t = cfg.train
     return {
@@ -122,7 +108,7 @@ def train_loop(config: dict) -> None:
             torch.distributed.init_process_group("gloo", store=store, rank=0, world_size=1)
     device = ray.train.torch.get_device()
     torch.manual_seed(t.seed)
-    model = build_model(cfg)
+    model = MAE.from_config(cfg)
     optimizer = make_optimizer(model, t)
     phase = {"end": t.steps}  # the step the learning rate decays to: the run's or a branch's
     if t.schedule == "wsd":
