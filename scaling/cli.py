@@ -356,7 +356,7 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_report)
 
     s = sub.add_parser("bench", help="benchmarks, ours beside an anchor")
-    s.add_argument("what", choices=["data", "model", "eval", "flops"])
+    s.add_argument("what", choices=["data", "model", "eval", "flops", "train"])
     s.add_argument("--json", action="store_true", help="one JSON object a line")
     s.add_argument(
         "--data", help="dataset to read (default: a fresh world, 'genome' for eval, else 'small')"

@@ -49,6 +49,10 @@ class DataConfig:
     val_tiles: int = 256  # at most this many fixed validation tiles
     seed: int = 0  # file order, hold-out choice and validation tiles
     map_cpus: float = 1.0  # CPUs reserved per read/crop task
+    # where training crops come from: the Ray Data stream, sites held in memory by each
+    # training process (cut per batch on its device), or memory when they fit in memory_gb
+    source: Literal["auto", "stream", "memory"] = "auto"
+    memory_gb: float = 4.0  # auto: the largest training set (uint8 sites) held in memory
 
     def validate(self) -> None:
         if self.crop < 8:
@@ -60,6 +64,8 @@ class DataConfig:
             raise InputError(f"data.val_fraction: must be in [0, 1), got {self.val_fraction}")
         if self.map_cpus <= 0:
             raise InputError(f"data.map_cpus: must be positive, got {self.map_cpus}")
+        if self.memory_gb < 0:
+            raise InputError(f"data.memory_gb: must be >= 0, got {self.memory_gb}")
 
 
 @dataclass

@@ -61,6 +61,39 @@ def checks(ladder_dir: Path, fit: dict) -> list[tuple[str, bool]]:
     ]
 
 
+def delivered_flops(runs, cooldown: float) -> float:
+    """Training FLOPs a ladder delivered, from its runs' own accounting (``runs.parquet``):
+    every trunk's (or lone run's) FLOPs, plus each WSD branch's cool-down, which is all a
+    branch trains beyond its trunk (ARCHITECTURE section 4, compute utilisation)."""
+    from scaling.train.schedules import branch_start
+
+    mae = runs[runs["kind"] == "mae"]
+    own = mae["wsd_trunk"].isna()
+    total = float(mae.loc[own, "flops"].sum())
+    for _, r in mae[~own].iterrows():
+        steps = int(r["steps"])
+        total += float(r["flops"]) * (steps - branch_start(steps, cooldown)) / steps
+    return total
+
+
+def utilisation(ladder_dir: Path, cooldown: float, wall_s: float) -> dict:
+    """The job's compute utilisation: delivered training FLOPs over wall seconds times this
+    machine's float32 dense GEMM peak on all its cores, measured now."""
+    import os
+
+    import pandas as pd
+    import torch
+
+    from scaling.bench import gemm_peak
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    peak = gemm_peak("fp32")
+    torch.set_num_threads(threads)
+    flops = delivered_flops(pd.read_parquet(ladder_dir / "runs.parquet"), cooldown)
+    return {"flops": flops, "wall_s": wall_s, "peak": peak, "share": flops / (wall_s * peak)}
+
+
 def demo(out="demo-out", preset: str = "small", config=None, overrides=()) -> dict:
     from analysis.fit import fit as fit_laws
     from analysis.report import report
@@ -120,6 +153,11 @@ def demo(out="demo-out", preset: str = "small", config=None, overrides=()) -> di
     rep = report(ladder_dir)
     claims = checks(ladder_dir, fit)
     wall = time.perf_counter() - t0
+    use = utilisation(ladder_dir, cfg.train.cooldown, wall)
+    print(
+        f"\ncompute utilisation: {use['flops']:.3g} training FLOPs delivered in {wall:.0f} s, "
+        f"{use['share']:.1%} of this machine's float32 GEMM peak ({use['peak'] / 1e9:.0f} GFLOP/s)"
+    )
     print(f"\ndone in {wall / 60:.1f} min. The report: {rep['html']}\nFindings:")
     for line in rep["findings"]:
         print(f"  - {line}")
@@ -134,4 +172,5 @@ def demo(out="demo-out", preset: str = "small", config=None, overrides=()) -> di
         "checks": claims,
         "runs": r["runs"],
         "wall_s": round(wall, 1),
+        "utilisation": use,
     }

@@ -253,3 +253,39 @@ def test_tasks_within_counts_whole_leading_tasks(tiny_world, monkeypatch):
     assert within(sum(sizes)) == len(items)
     # the per-part counts are what the stream really yields
     assert sum(sizes[: len(parts)]) == len(collect(crop_stream(tiny_world, CFG))[1])
+
+
+def test_memory_source_holds_exactly_the_training_sites(tiny_world, tmp_path):
+    from scaling.stream.memory import load_sites, training_sites
+
+    sites = all_sites(tiny_world)
+    held = {i for i in sites if held_out(np.array([i]), CFG.seed, CFG.val_fraction)[0]}
+    want = sorted(sites[i].tobytes() for i in sites if i not in held)
+    got = load_sites(tiny_world, CFG)
+    assert got.dtype == torch.uint8 and got.shape[1:] == (6, 128, 128)
+    assert sorted(s.numpy().tobytes() for s in got) == want
+    n, nbytes = training_sites(tiny_world, CFG)
+    assert n == len(want) and nbytes == got.numel()
+    # a curation: only its selected wells
+    curate(tiny_world, "random", tmp_path / "c", fraction=0.3)
+    assert len(load_sites(tmp_path / "c", CFG)) == training_sites(tmp_path / "c", CFG)[0] < n
+
+
+def test_memory_crops_are_seeded_windows_visiting_every_site_per_epoch():
+    from scaling.stream.memory import SiteCrops
+
+    g = torch.Generator().manual_seed(0)
+    sites = torch.randint(0, 256, (7, 3, 20, 24), generator=g, dtype=torch.uint8)
+    crops = SiteCrops(sites, crop=8, crops_per_site=3, seed=5)
+    assert crops.per_epoch == 21
+    plan = crops.plan(0, 21)  # one epoch: every site crops_per_site times
+    assert torch.bincount(plan[:, 0], minlength=7).tolist() == [3] * 7
+    x = crops.batch(15, 12)  # across the epoch boundary
+    for (s, y, xo), c in zip(crops.plan(15, 12).tolist(), x, strict=True):
+        assert torch.equal(c, sites[s, :, y : y + 8, xo : xo + 8])  # brute force
+    assert torch.equal(x, torch.cat([crops.batch(15, 6), crops.batch(21, 6)]))
+    again = SiteCrops(sites, crop=8, crops_per_site=3, seed=5)
+    assert torch.equal(again.batch(15, 12), x)  # a pure function of (seed, position)
+    other = SiteCrops(sites, crop=8, crops_per_site=3, seed=6)
+    assert not torch.equal(other.batch(15, 12), x)
+    assert not torch.equal(crops.plan(21, 21), plan)  # each epoch draws anew

@@ -12,7 +12,7 @@ from scaling.config import load_config
 from scaling.errors import InputError
 from scaling.model.flops import train_flops
 from scaling.model.sizes import SIZES
-from scaling.train.optim import branch_start, wsd
+from scaling.train.schedules import branch_start, wsd
 
 SMOKE = Path(__file__).parent.parent / "jobs/configs/smoke.yaml"
 

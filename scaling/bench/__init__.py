@@ -16,6 +16,24 @@ def line(bench: str, case: str, ours: float, anchor: str, anchor_value: float, u
     }
 
 
+def gemm_peak(precision: str = "fp32", n: int = 2048, repeats: int = 5) -> float:
+    """Dense GEMM FLOP/s of an n x n matmul in ``precision`` on torch's current threads
+    (the best of ``repeats``): the peak that compute utilisation is measured against."""
+    import time
+
+    import torch
+
+    dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+    a, b = torch.randn(n, n).to(dt), torch.randn(n, n).to(dt)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / min(times)
+
+
 def run_bench(what: str, data: str | None = None):
     if what == "data":
         from scaling.bench.data import bench_data
@@ -29,6 +47,10 @@ def run_bench(what: str, data: str | None = None):
         from scaling.bench.eval import bench_eval
 
         yield from bench_eval(data)
+    elif what == "train":
+        from scaling.bench.train import bench_train
+
+        yield from bench_train(data)
     elif what == "flops":
         from scaling.bench.flops import bench_flops
 

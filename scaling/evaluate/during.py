@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import torch
 
 from scaling.errors import InputError
+from scaling.model.precision import autocast
 from scaling.shards.dataset import Dataset, open_dataset
 from scaling.shards.format import KEY_COLUMNS
 from scaling.stream.crops import GEOMETRY, decode_sites, grid_tiles
@@ -64,13 +65,13 @@ def probe_set(data, crop: int, max_wells: int = 256, seed: int = 0) -> dict:
 
 
 @torch.no_grad()
-def embed_set(model, ps: dict, batch: int, device, dtype=torch.float32) -> np.ndarray:
+def embed_set(model, ps: dict, batch: int, device, precision: str = "fp32") -> np.ndarray:
     """Every block's well embeddings of the probe set: (n_blocks, n_wells, D) float32."""
     out = []
     tiles = torch.from_numpy(ps["tiles"])
     for i in range(0, len(tiles), batch):
         x = tiles[i : i + batch].to(device)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        with autocast(precision, device):
             out.append(model.embed_blocks(x).float().cpu())
     e = torch.cat(out).numpy()  # (T, B, D)
     well = ps["well"]

@@ -28,6 +28,7 @@ import torch
 from scaling.config import Config, load_config
 from scaling.errors import InputError
 from scaling.model.mae import MAE
+from scaling.model.precision import autocast
 from scaling.model.sizes import SIZES
 from scaling.progress import bar
 from scaling.shards.dataset import Dataset, open_dataset, read_selected, well_keys, well_table
@@ -38,7 +39,8 @@ from scaling.stream.crops import decode_sites, grid_tiles
 @dataclass
 class ModelSpec:
     """What an embedding actor builds: the MAE of ``cfg``, with the weights at ``weights``
-    (safetensors) or, when ``weights`` is None, randomly initialised from ``seed``."""
+    (safetensors) or, when ``weights`` is None, randomly initialised from ``seed``; it
+    embeds in ``cfg.train.precision``."""
 
     cfg: Config
     weights: str | None = None
@@ -96,11 +98,12 @@ class Embedder:
             torch.set_num_threads(threads)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = build(spec).to(self.device)
+        self.precision = spec.cfg.train.precision  # the run's own (scaling.model.precision)
 
     def __call__(self, batch: dict) -> dict:
         x = torch.from_numpy(np.ascontiguousarray(batch["tiles"])).to(self.device)
-        with torch.inference_mode():
-            emb = self.model.embed_blocks(x)  # (B, depth, D)
+        with torch.inference_mode(), autocast(self.precision, self.device):
+            emb = self.model.embed_blocks(x)  # (B, depth, D) float32
         return {"key": batch["key"], "emb": emb.float().cpu().numpy()}
 
 

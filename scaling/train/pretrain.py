@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 from scaling.config import Config, to_dict
@@ -32,7 +33,7 @@ from scaling.stream.pipeline import (
 
 def check_run(cfg: Config) -> None:
     """The checks made before any data is read: DeepSpeed's view and the crop geometry."""
-    from scaling.train.loop import check_deepspeed_config
+    from scaling.train.engine import check_deepspeed_config
 
     check_deepspeed_config(cfg)
     size = SIZES[cfg.model.name]
@@ -55,14 +56,40 @@ def prepare_data(cfg: Config) -> str:
     return data
 
 
+def choose_source(cfg: Config, ds) -> str:
+    """``data.source``, with ``auto`` resolved: memory when the training sites are uint8 of
+    one size and fit in ``data.memory_gb`` (each training process holds a copy)."""
+    if cfg.data.source != "auto":
+        return cfg.data.source
+    from scaling.stream.memory import training_sites
+
+    _, nbytes = training_sites(ds, cfg.data)
+    return "memory" if 0 <= nbytes <= cfg.data.memory_gb * 2**30 else "stream"
+
+
+def stream_dataset(cfg: Config, ds, resume: str | None):
+    """The Ray Data crop stream planned for enough epochs (from the checkpoint's position
+    when resuming): (stream, crops consumed at the start)."""
+    parts = plan_parts(ds)
+    crops = part_crops(ds, cfg.data, parts)
+    per_epoch = sum(crops)
+    if per_epoch == 0:
+        raise InputError(f"{ds.root}: no training sites after the hold-out and the selection")
+    needed = cfg.train.steps * cfg.data.batch_size * cfg.train.grad_accum * cfg.train.processes
+    epochs = math.ceil(needed / per_epoch) + 1
+    done = json.loads((Path(resume) / "state.json").read_text())["crops_seen"] if resume else 0
+    start = tasks_within(parts, crops, cfg.data.seed, epochs, done)
+    return crop_stream(ds, cfg.data, epochs=epochs, start=start), done
+
+
 def build_trainer(
     cfg: Config,
     data: str,
     run_config,
     resume: str | None = None,
 ):
-    """The ``TorchTrainer`` of one run on ``data``: validation tiles, probe set and the crop
-    stream planned for enough epochs (from the checkpoint's position when resuming)."""
+    """The ``TorchTrainer`` of one run on ``data``: validation tiles, probe set and the
+    training batches (sites in memory, or the Ray Data stream)."""
     from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -75,22 +102,18 @@ def build_trainer(
         from scaling.evaluate.during import probe_set
 
         probes = probe_set(ds, cfg.data.crop, cfg.train.eval_wells, cfg.data.seed)
-    parts = plan_parts(ds)
-    crops = part_crops(ds, cfg.data, parts)
-    per_epoch = sum(crops)
-    if per_epoch == 0:
-        raise InputError(f"{data}: no training sites after the hold-out and the selection")
-    needed = cfg.train.steps * cfg.data.batch_size * cfg.train.grad_accum * cfg.train.processes
-    epochs = math.ceil(needed / per_epoch) + 1
-    # a resumed run starts the stream at the task where its checkpoint left off
-    done = json.loads((Path(resume) / "state.json").read_text())["crops_seen"] if resume else 0
-    start = tasks_within(parts, crops, cfg.data.seed, epochs, done)
+    source = choose_source(cfg, ds)
+    datasets, done = {}, 0
+    if source == "stream":
+        datasets["train"], done = stream_dataset(cfg, ds, resume)
 
     init_ray()
     return TorchTrainer(
         train_loop,
         train_loop_config={
             "cfg": to_dict(cfg),
+            "data": str(data),
+            "source": source,
             "val_tiles": val,
             "probe_set": probes,
             "resume": resume,
@@ -103,7 +126,7 @@ def build_trainer(
             use_gpu=cfg.train.use_gpu,
             resources_per_worker={"CPU": cfg.train.cpus_per_worker} if cfg.train.workers else None,
         ),
-        datasets={"train": crop_stream(ds, cfg.data, epochs=epochs, start=start)},
+        datasets=datasets,
         run_config=run_config,
     )
 
@@ -111,6 +134,7 @@ def build_trainer(
 def pretrain(cfg: Config, resume: str | None = None) -> dict:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
+    called = time.time()
     check_run(cfg)
     run_dir = Path(cfg.run.dir).resolve()
     if resume is not None and not Path(resume).is_dir():
@@ -137,6 +161,8 @@ def pretrain(cfg: Config, resume: str | None = None) -> dict:
         "flops": m["flops"],
         "crops_seen": m["crops_seen"],
         "restarts": m["restarts"],
+        "source": trainer.train_loop_config["source"],
+        "startup_s": round(m["first_step_at"] - called, 3),  # call to first optimizer step
         **{k: v for k, v in m.items() if k.startswith("probe_")},
         "model": cfg.model.name,
         "checkpoint": result.checkpoint.path if result.checkpoint else None,

@@ -1,0 +1,114 @@
+"""Training sites held in memory (on the training device), cut into random crops per batch.
+
+For a dataset whose training sites fit in memory (``data.source: memory``, or ``auto`` under
+``data.memory_gb``), each training process reads the sites once (the same hold-out and
+selection rules as the Ray Data stream) and cuts every batch itself with one gather: no
+stream to start, no decode or copy per crop, and on a GPU the crops are cut on the device.
+
+Crops are a pure function of (seed, global position): epoch e visits every (site, k) pair,
+k < ``crops_per_site``, once in a seeded random order, each at a seeded random offset, as
+the stream does. The global batch at crop position p is ``[p, p + batch * world)``; rank r
+takes its r-th slice. A resumed run starts at its ``crops_seen`` and sees exactly the crops
+the straight run would have.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from scaling.config import DataConfig
+from scaling.errors import InputError
+from scaling.shards.dataset import Dataset, open_dataset
+from scaling.shards.format import KEY_COLUMNS
+from scaling.stream.crops import GEOMETRY, decode_sites, site_ids, training_rows
+
+
+def training_sites(data, cfg: DataConfig) -> tuple[np.ndarray, int]:
+    """Which training sites ``data`` has and their bytes: (site count, uint8 bytes), reading
+    only the key and geometry columns. Bytes are -1 where the sites are not all uint8 of one
+    shape (the memory source cannot hold them)."""
+    ds = data if isinstance(data, Dataset) else open_dataset(data)
+    selected = ds.selected_keys()
+    n, shapes = 0, set()
+    for f in ds.files:
+        t = pq.read_table(f, columns=KEY_COLUMNS + ["site"] + GEOMETRY)
+        keep = training_rows(t, site_ids(t), cfg.seed, cfg.val_fraction, selected)
+        n += int(keep.sum())
+        g = t.select(GEOMETRY).filter(keep).to_pylist()
+        shapes |= {(r["channels"], r["height"], r["width"], r["dtype"]) for r in g}
+    if len(shapes) != 1 or next(iter(shapes))[3] != "uint8":
+        return n, -1
+    c, h, w, _ = shapes.pop()
+    return n, n * c * h * w
+
+
+def load_sites(data, cfg: DataConfig) -> torch.Tensor:
+    """Every training site of ``data`` (hold-out and selection applied): (S, C, H, W) uint8,
+    in file and row order."""
+    ds = data if isinstance(data, Dataset) else open_dataset(data)
+    selected = ds.selected_keys()
+    out = []
+    for f in ds.files:
+        meta = pq.read_table(f, columns=KEY_COLUMNS + ["site"])
+        rows = np.flatnonzero(
+            training_rows(meta, site_ids(meta), cfg.seed, cfg.val_fraction, selected)
+        )
+        if len(rows):
+            table = pq.read_table(f, columns=GEOMETRY + ["pixels"]).take(rows)
+            out += decode_sites(table)
+    if not out:
+        raise InputError(f"{ds.root}: no training sites after the hold-out and the selection")
+    if len({(s.shape, s.dtype) for s in out}) != 1 or out[0].dtype != np.uint8:
+        raise InputError(f"{ds.root}: data.source=memory needs uint8 sites of one size")
+    return torch.from_numpy(np.stack(out))
+
+
+class SiteCrops:
+    """Random crops of sites held in memory: ``batch(position, size)``.
+
+    sites (S, C, H, W) uint8 on any device -> crops (size, C, crop, crop) uint8.
+    """
+
+    def __init__(self, sites: torch.Tensor, crop: int, crops_per_site: int, seed: int):
+        s, _, h, w = sites.shape
+        if crop > min(h, w):
+            raise InputError(f"data.crop: {crop} px is larger than the site side ({h}x{w} px)")
+        self.sites, self.crop, self.seed = sites, crop, seed
+        self.per_epoch = s * crops_per_site
+        self.crops_per_site = crops_per_site
+        self._epoch: tuple[int, torch.Tensor] | None = None
+        self._window = torch.arange(crop, device=sites.device)
+
+    def epoch(self, e: int) -> torch.Tensor:
+        """Epoch ``e``'s plan: (per_epoch, 3) int64 rows of (site, y, x), in visiting order."""
+        if self._epoch is None or self._epoch[0] != e:
+            g = torch.Generator().manual_seed(
+                int(np.random.SeedSequence([self.seed, 11, e]).generate_state(1)[0])
+            )
+            _, _, h, w = self.sites.shape
+            n = self.per_epoch
+            site = torch.randperm(n, generator=g) // self.crops_per_site
+            y = torch.randint(0, h - self.crop + 1, (n,), generator=g)
+            x = torch.randint(0, w - self.crop + 1, (n,), generator=g)
+            self._epoch = (e, torch.stack([site, y, x], 1).to(self.sites.device))
+        return self._epoch[1]
+
+    def plan(self, position: int, size: int) -> torch.Tensor:
+        """(size, 3) rows of (site, y, x) of the crops at ``[position, position + size)``."""
+        parts = []
+        while size > 0:
+            e, i = divmod(position, self.per_epoch)
+            take = min(size, self.per_epoch - i)
+            parts.append(self.epoch(e)[i : i + take])
+            position, size = position + take, size - take
+        return torch.cat(parts)
+
+    def batch(self, position: int, size: int) -> torch.Tensor:
+        """The crops at ``[position, position + size)`` of the endless seeded sequence."""
+        site, y, x = self.plan(position, size).unbind(1)
+        rows = (y[:, None] + self._window)[:, None, :, None]  # (B, 1, crop, 1)
+        cols = (x[:, None] + self._window)[:, None, None, :]  # (B, 1, 1, crop)
+        chans = torch.arange(self.sites.shape[1], device=self.sites.device)[None, :, None, None]
+        return self.sites[site[:, None, None, None], chans, rows, cols]

@@ -1,0 +1,50 @@
+"""Where a training process's micro-batches come from: a function of the crop position.
+
+``memory``: the training sites, read once into this process's device memory, cut into the
+crops at that position (``scaling.stream.memory``). ``stream``: the next batch of this
+worker's split of the Ray Data stream; after a restart inside one fit, the batches the
+checkpoint had already consumed are skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from scaling.config import Config
+
+
+def batch_source(cfg: Config, config: dict, trainer, device, rank: int, world: int) -> Callable:
+    if config["source"] == "memory":
+        return memory_batches(cfg, config["data"], device)
+    skip = (trainer.state["crops_seen"] - config.get("crops_at_start", 0)) // world
+    batches = stream_batches(cfg, device, skip)
+    return lambda position: next(batches)
+
+
+def memory_batches(cfg: Config, data: str, device) -> Callable[[int], torch.Tensor]:
+    from scaling.stream.memory import SiteCrops, load_sites
+
+    d = cfg.data
+    crops = SiteCrops(load_sites(data, d).to(device), d.crop, d.crops_per_site, d.seed)
+    return lambda position: crops.batch(position, d.batch_size)
+
+
+def stream_batches(cfg: Config, device, skip: int):
+    """This worker's batches of the Ray Data stream, endlessly, the first ``skip`` crops
+    dropped."""
+    import ray.train
+
+    from scaling.stream.pipeline import CropBatch
+
+    shard = ray.train.get_dataset_shard("train")
+    while True:
+        for batch in shard.iter_torch_batches(
+            batch_size=cfg.data.batch_size, collate_fn=CropBatch(), device=device
+        ):
+            x = batch["crop"]
+            if skip > 0:
+                skip -= len(x)
+                continue
+            yield x
