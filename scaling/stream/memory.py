@@ -79,7 +79,6 @@ class SiteCrops:
         self.per_epoch = s * crops_per_site
         self.crops_per_site = crops_per_site
         self._epoch: tuple[int, torch.Tensor] | None = None
-        self._window = torch.arange(crop, device=sites.device)
 
     def epoch(self, e: int) -> torch.Tensor:
         """Epoch ``e``'s plan: (per_epoch, 3) int64 rows of (site, y, x), in visiting order."""
@@ -92,7 +91,7 @@ class SiteCrops:
             site = torch.randperm(n, generator=g) // self.crops_per_site
             y = torch.randint(0, h - self.crop + 1, (n,), generator=g)
             x = torch.randint(0, w - self.crop + 1, (n,), generator=g)
-            self._epoch = (e, torch.stack([site, y, x], 1).to(self.sites.device))
+            self._epoch = (e, torch.stack([site, y, x], 1))  # on the CPU: read as a list
         return self._epoch[1]
 
     def plan(self, position: int, size: int) -> torch.Tensor:
@@ -106,9 +105,8 @@ class SiteCrops:
         return torch.cat(parts)
 
     def batch(self, position: int, size: int) -> torch.Tensor:
-        """The crops at ``[position, position + size)`` of the endless seeded sequence."""
-        site, y, x = self.plan(position, size).unbind(1)
-        rows = (y[:, None] + self._window)[:, None, :, None]  # (B, 1, crop, 1)
-        cols = (x[:, None] + self._window)[:, None, None, :]  # (B, 1, 1, crop)
-        chans = torch.arange(self.sites.shape[1], device=self.sites.device)[None, :, None, None]
-        return self.sites[site[:, None, None, None], chans, rows, cols]
+        """The crops at ``[position, position + size)`` of the endless seeded sequence: views
+        of the sites, stacked (one copy; on a CPU ten times faster than an index gather)."""
+        k = self.crop
+        rows = self.plan(position, size).tolist()
+        return torch.stack([self.sites[s, :, y : y + k, x : x + k] for s, y, x in rows])
