@@ -68,7 +68,7 @@ def delivered_flops(runs, cooldown: float) -> float:
     from scaling.train.schedules import branch_start
 
     mae = runs[runs["kind"] == "mae"]
-    own = mae["wsd_trunk"].isna()
+    own = mae["wsd_trunk"].isna() | (mae["wsd_trunk"] == mae["run_id"])
     total = float(mae.loc[own, "flops"].sum())
     for _, r in mae[~own].iterrows():
         steps = int(r["steps"])
