@@ -77,3 +77,25 @@ def test_branch_matches_a_separate_run_of_its_budget(tiny_world, tmp_path):
     cfg = load_config(branch_dir / "config.yaml")  # the branch is a checkpoint of 12 steps
     assert cfg.train.steps == 12 and cfg.train.branches == []
     assert (branch_dir / "model.safetensors").is_file()
+
+
+def test_delivered_flops_count_each_trained_step_once():
+    """A trunk of 100 steps and its branches at 50 and 20 (cool-down 0.2): delivered compute
+    is every trunk step plus each branch's own decay steps, counted step by step."""
+    import pandas as pd
+
+    from scaling.demo import delivered_flops
+
+    per_step = 1e10
+    rows = [("t", 100, "t"), ("b50", 50, "t"), ("b20", 20, "t"), ("lone", 30, None)]
+    runs = pd.DataFrame(
+        [
+            {"run_id": r, "kind": "mae", "steps": s, "flops": s * per_step, "wsd_trunk": t}
+            for r, s, t in rows
+        ]
+        + [{"run_id": "pixel-pca", "kind": "baseline", "steps": None, "flops": 0.0}]
+    )
+    by_step = 100 + 30  # the trunk and the lone run
+    by_step += sum(1 for s in range(50) if s >= branch_start(50, 0.2))
+    by_step += sum(1 for s in range(20) if s >= branch_start(20, 0.2))
+    assert delivered_flops(runs, 0.2) == pytest.approx(by_step * per_step)
