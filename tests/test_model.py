@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from scaling.model.flops import counted_train_flops, train_flops
-from scaling.model.mae import MAE, self_standardize
+from scaling.model.mae import MAE, attention, fourier_l1, normalize_patches, self_standardize
 from scaling.model.sizes import SIZES
 
 CPU_SIZES = [n for n in SIZES if n.startswith("cpu")]
@@ -77,6 +77,70 @@ def test_loss_matches_numpy_reference(model):
     assert loss.item() == pytest.approx(0.99 * mse + 0.01 * fourier, rel=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(3, 2, 8, 8), (2, 3, 7, 9), (2, 1, 6, 5), (2, 6, 64, 64)])
+def test_fourier_term_on_the_half_spectrum_equals_the_full_fft(shape):
+    """fourier_l1 (rfft2, own backward) against the full-fft2 definition: values and gradients,
+    even and odd sides, in float64 (exact to rounding) and float32."""
+
+    def reference(recon, target):
+        spec = lambda a: torch.fft.fft2(a, norm="ortho").abs()  # noqa: E731
+        return (spec(recon) - spec(target)).abs().mean()
+
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5)):
+        g = torch.Generator().manual_seed(0)
+        target = torch.randn(shape, generator=g, dtype=dtype)
+        grads = []
+        for fn in (fourier_l1, reference):
+            recon = torch.randn(shape, generator=g.manual_seed(1), dtype=dtype).requires_grad_()
+            value = fn(recon, target)
+            value.backward()
+            grads.append((value.detach(), recon.grad))
+        (ours, g_ours), (ref, g_ref) = grads
+        assert ours.item() == pytest.approx(ref.item(), rel=tol)
+        assert torch.allclose(g_ours, g_ref, rtol=tol, atol=tol * g_ref.abs().max().item())
+    # a flat reconstruction has zero spectrum bins: the gradient there is 0, as sgn's is
+    recon = torch.zeros(shape, dtype=torch.float64, requires_grad=True)
+    fourier_l1(recon, target.double()).backward()
+    assert torch.isfinite(recon.grad).all()
+
+
+def test_standardisation_and_norm_pix_equal_their_definitions():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 255, (4, 6, 32, 32), generator=g, dtype=torch.uint8)
+    x[1, 3] = 200  # a constant channel stays finite
+    xf = x.double()
+    mean, std = (
+        xf.mean(dim=(-2, -1), keepdim=True),
+        xf.std(dim=(-2, -1), keepdim=True, unbiased=False),
+    )
+    z = self_standardize(x)
+    assert torch.isfinite(z).all() and torch.equal(z[1, 3], torch.zeros(32, 32))
+    assert torch.allclose(z.double(), (xf - mean) / (std + 1e-6), atol=1e-5)
+    p = torch.randn(3, 16, 384, generator=g) * 5 + 3
+    want = (p - p.mean(-1, keepdim=True)) / (p.var(-1, keepdim=True) + 1e-6).sqrt()
+    assert torch.allclose(normalize_patches(p), want, atol=1e-5)
+
+
+def test_bf16_cpu_attention_matches_sdpa():
+    """The explicit bfloat16 path on the CPU computes SDPA's attention (to bf16 rounding)."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(4, 2, 17, 16, generator=g) for _ in range(3))
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    got = attention(*(t.bfloat16() for t in (q, k, v)))
+    assert got.dtype == torch.bfloat16
+    assert (got.float() - want).abs().max() < 0.03
+
+
+def test_fourier_weight_zero_is_the_plain_masked_mse(model):
+    torch.manual_seed(2)
+    imgs = self_standardize(torch.randint(0, 255, (2, 6, 64, 64)))
+    pred, mask = torch.randn(2, 64, 384), (torch.rand(2, 64) < 0.75).float()
+    loss, parts = model.forward_loss(imgs, pred, mask)
+    model.fourier_weight = 0.0
+    loss0, parts0 = model.forward_loss(imgs, pred, mask)
+    assert "fourier" not in parts0 and loss0.item() == pytest.approx(parts["mse"].item())
+
+
 def test_all_block_embeddings_equal_per_block_forward(model):
     imgs = torch.randint(0, 255, (3, 6, 64, 64), dtype=torch.uint8)
     emb = model.embed_blocks(imgs)
@@ -127,17 +191,23 @@ def test_analytic_flops_match_the_counter(name):
         assert abs(analytic / counted - 1) < 0.02
 
 
-def test_bench_model_anchor_has_our_shapes_and_trains():
-    """The bench's anchor swaps in torch's encoder layers: same parameter count, and one
-    step of each runs (time_pair raises if the parameter counts differ)."""
-    from scaling.bench.model import anchor_mae, time_pair
+def test_bench_model_anchors_have_our_shapes_and_train():
+    """The bench's anchors: transformers' ViTMAEForPreTraining and the torch-layers MAE have
+    our trainable parameter count, and the bench yields well-formed lines (a tiny case)."""
+    from scaling.bench.model import HF, TORCH_LAYERS, bench_model, hf_mae, ours_mae, trainable
 
-    ours = MAE(SIZES["cpu-xs"], img_size=32)
-    n = sum(p.numel() for p in ours.parameters())
-    anchor = anchor_mae(MAE(SIZES["cpu-xs"], img_size=32))
-    assert sum(p.numel() for p in anchor.parameters()) == n
-    assert isinstance(anchor.blocks[0], torch.nn.TransformerEncoderLayer)
-    loss, _, _ = anchor(torch.rand(2, 6, 32, 32))
-    assert torch.isfinite(loss)
-    t_ours, t_anchor, params = time_pair("cpu-xs", 32, 2, steps=1, warmup=0)
-    assert params == n and t_ours > 0 and t_anchor > 0
+    size = SIZES["cpu-xs"]
+    ours, hf = ours_mae(size, 32), hf_mae(size, 32)
+    assert trainable(hf) == trainable(ours) == sum(p.numel() for p in ours.parameters())
+    assert hf.config.hidden_size == size.width and hf.config.decoder_hidden_size == size.dec_width
+    out = hf(torch.randn(2, 6, 32, 32))
+    assert torch.isfinite(out.loss) and out.logits.shape == (2, 16, 8 * 8 * 6)
+
+    lines = list(bench_model(steps=1, warmup=0, cases=[("cpu-2xs", 32, 2, "bf16", "cpu")]))
+    assert [x["anchor"] for x in lines] == [HF, TORCH_LAYERS]
+    keys = {"bench", "case", "ours", "anchor", "anchor_value", "ratio", "unit"}
+    for x in lines:
+        assert keys <= x.keys() and x["bench"] == "model" and x["unit"] == "s/step"
+        assert x["ours"] > 0 and x["anchor_value"] > 0
+        assert x["ratio"] == pytest.approx(x["ours"] / x["anchor_value"])
+        assert x["params"] == x["anchor_params"] and x["dtype"] == "bf16"

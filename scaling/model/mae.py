@@ -7,12 +7,19 @@ a CLS token, and a light decoder predicts every patch. Loss (ARCHITECTURE sectio
 FFT taken on images rebuilt from patches. ``embed_blocks`` returns every block's pooled
 embedding in one unmasked forward pass (ARCHITECTURE section 4).
 
+Speed, measured on CPU (README, "scaling bench model"): the Fourier term runs on ``rfft2``'s
+half spectrum with its own backward (one inverse real FFT), means and variances take two
+passes (``aten::std``/``var`` are several times slower), and bfloat16 attention on the CPU
+runs as plain matmuls (:func:`attention`). Each computes what the plain formula does, to
+float rounding (tests/test_model.py).
+
 Shapes: B batch, C channels, H = W image side, p patch, N = (H / p)^2 patches,
 D encoder width, K visible patches.
 """
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -33,10 +40,68 @@ def self_standardize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     Lives in the model's forward, on the device: the stream moves raw uint8 crops (4x fewer
     bytes than float32), and training, evaluation and baselines share one definition.
     """
-    x = x.float()
-    mean = x.mean(dim=(-2, -1), keepdim=True)
-    std = x.std(dim=(-2, -1), keepdim=True, unbiased=False)
-    return (x - mean) / (std + eps)
+    x = x.to(torch.float32, copy=True)  # our own copy: centred in place, one buffer fewer
+    centered = x.sub_(x.mean(dim=(-2, -1), keepdim=True))
+    # two passes (aten::std is several times slower); vector_norm needs no squared copy
+    norm = torch.linalg.vector_norm(centered, dim=(-2, -1), keepdim=True)
+    std = norm / math.sqrt(x.shape[-2] * x.shape[-1])  # population std
+    return centered / (std + eps)
+
+
+def normalize_patches(patches: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """The norm-pix target: every patch (B, N, P) to mean 0 and unbiased variance 1,
+    ``(x - mean) / sqrt(var + eps)``; two passes, which CPUs run faster than ``aten::var``."""
+    centered = patches - patches.mean(-1, keepdim=True)
+    norm = torch.linalg.vector_norm(centered, dim=-1, keepdim=True)
+    var = norm.square() / (patches.shape[-1] - 1)
+    return centered / (var + eps).sqrt()
+
+
+def fourier_l1(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The Fourier term: ``mean |(|F recon| - |F target|)|`` over the full orthonormal 2-D
+    spectrum F of images (B, C, H, W) -> scalar, with gradient to ``recon`` only (the target
+    is data). Computed on ``rfft2``'s half spectrum (:class:`_HalfSpectrumL1`)."""
+    with torch.no_grad():
+        t = torch.fft.rfft2(target, norm="ortho").abs()
+    return _HalfSpectrumL1.apply(recon, t)
+
+
+def full_spectrum_mean(half: torch.Tensor, width: int) -> torch.Tensor:
+    """Mean over the full spectrum of a conjugate-symmetric quantity given on the half
+    spectrum (..., H, W // 2 + 1) of images of width W: every column counts twice except
+    column 0 (and column W / 2 when W is even), over the full count (...) * H * W."""
+    edges = half[..., 0].sum()
+    if width % 2 == 0:
+        edges = edges + half[..., -1].sum()
+    return (2 * half.sum() - edges) / (half[..., 0].numel() * width)
+
+
+class _HalfSpectrumL1(torch.autograd.Function):
+    """``mean |(|F x| - t)|`` over the full spectrum of real images x, from the half spectrum.
+
+    A real image's spectrum is conjugate symmetric (|X[k, l]| = |X[-k, -l]|), so the full mean
+    is :func:`full_spectrum_mean` of the half. The gradient is one inverse real FFT,
+    ``irfft2(sign(|X| - t) * X / |X|) / (B * C * H * W)`` (0 where |X| = 0, as ``sgn``
+    gives), where autograd would run a full-size complex FFT and promote real gradients to
+    complex.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x (B, C, H, W) real images, t (B, C, H, W // 2 + 1) target magnitudes -> scalar."""
+        spec = torch.fft.rfft2(x, norm="ortho")
+        mag = spec.abs()
+        diff = mag - t
+        ctx.save_for_backward(spec, mag, diff)
+        ctx.size, ctx.count = x.shape[-2:], x.numel()
+        return full_spectrum_mean(diff.abs(), x.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        spec, mag, diff = ctx.saved_tensors
+        scale = torch.where(mag > 0, diff.sign() / mag, 0.0) * (grad / ctx.count)
+        phasor = torch.view_as_complex(torch.view_as_real(spec) * scale[..., None])
+        return torch.fft.irfft2(phasor, s=ctx.size, norm="ortho"), None
 
 
 def sincos_2d(dim: int, grid: int, cls: bool = True) -> torch.Tensor:
@@ -56,6 +121,19 @@ def sincos_2d(dim: int, grid: int, cls: bool = True) -> torch.Tensor:
     return torch.tensor(emb[None], dtype=torch.float32)  # on the default device (meta too)
 
 
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(hd)) v: (B, heads, T, hd) x 3 -> (B, heads, T, hd).
+
+    SDPA (flash kernels) everywhere but for bfloat16 on the CPU, where two matmuls and a
+    softmax (which accumulates bfloat16 in float32) measured 1.2-2x faster per block, forward
+    + backward, than SDPA's CPU flash kernel, whose bfloat16 backward is slow.
+    """
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+        scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+        return scores.softmax(-1) @ v
+    return F.scaled_dot_product_attention(q, k, v)
+
+
 class Attention(nn.Module):
     def __init__(self, dim: int, heads: int, qk_norm: bool = False):
         super().__init__()
@@ -67,10 +145,12 @@ class Attention(nn.Module):
         self.k_norm = nn.LayerNorm(hd) if qk_norm else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, D) -> (B, T, D); flash/efficient kernels through SDPA where available."""
+        """(B, T, D) -> (B, T, D), through :func:`attention`."""
         b, t, d = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        x = F.scaled_dot_product_attention(self.q_norm(q), self.k_norm(k), v)
+        # unbind + transpose rather than one permute: the same views, a cheaper backward
+        qkv = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).unbind(2)
+        q, k, v = (y.transpose(1, 2) for y in qkv)  # (B, heads, T, hd)
+        x = attention(self.q_norm(q), self.k_norm(k), v)
         return self.proj(x.transpose(1, 2).reshape(b, t, d))
 
 
@@ -244,7 +324,11 @@ class MAE(nn.Module):
     def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor):
         """Standardised images (B, C, H, W), pred (B, N, p*p*C), mask (B, N) ->
         (loss, {"mse": ..., "fourier": ...}), all float32 scalars, outside autocast (the
-        precision policy, ``scaling.model.precision``)."""
+        precision policy, ``scaling.model.precision``). With ``fourier_weight`` 0 the Fourier
+        term is switched off: loss = MSE, and there is no "fourier" entry.
+
+        The MSE compares in patch space; only the reconstruction (and the norm-pix target) is
+        rebuilt as an image for the Fourier term (:func:`fourier_l1`)."""
         device = pred.device.type
         if device in ("cpu", "cuda") and torch.is_autocast_enabled(device):
             with torch.autocast(device, enabled=False):
@@ -254,12 +338,13 @@ class MAE(nn.Module):
     def _loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor):
         target = self.patchify(imgs)
         if self.norm_pix_loss:
-            mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
-            target = (target - mean) / (var + 1e-6).sqrt()
-        mse = (((pred - target) ** 2).mean(-1) * mask).sum() / mask.sum()
-        spectrum = lambda x: torch.fft.fft2(self.unpatchify(x), norm="ortho").abs()  # noqa: E731
-        fourier = (spectrum(pred) - spectrum(target)).abs().mean()
+            target = normalize_patches(target)
+        mse = (F.mse_loss(pred, target, reduction="none").mean(-1) * mask).sum() / mask.sum()
         w = self.fourier_weight
+        if not w:  # switched off: neither computed nor differentiated
+            return mse, {"mse": mse.detach()}
+        target_img = self.unpatchify(target) if self.norm_pix_loss else imgs
+        fourier = fourier_l1(self.unpatchify(pred), target_img)
         return (1 - w) * mse + w * fourier, {"mse": mse.detach(), "fourier": fourier.detach()}
 
     def forward(self, imgs: torch.Tensor, generator=None):
