@@ -9,13 +9,13 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
+# the last step compiles DeepSpeed's CPU communication op once (about a minute), rather than
+# in the first run; it is cached under ~/.cache/torch_extensions
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[dev]"
-	# DeepSpeed's CPU communication op, compiled once here (about a minute) rather than in
-	# the first run; cached under ~/.cache/torch_extensions
 	DS_ACCELERATOR=cpu $(PY) -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()"
 	touch $(STAMP)
 
