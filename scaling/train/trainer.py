@@ -19,6 +19,7 @@ its weights and accounting go to ``branches/step_NNNNNN``, and the trunk is rest
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from scaling.model.sizes import SIZES
 from scaling.train import checkpoint as ckpt
 from scaling.train.schedules import branch_start
 
+NOT_SCALARS = ("step", "restarts", "first_step_at", "last_step_at")  # not for TensorBoard
 Batches = Callable[[int], torch.Tensor]  # crop position of this micro-batch -> (B, C, h, w)
 
 
@@ -158,7 +160,7 @@ class Trainer:
                 f.write(json.dumps({"branch": self.branch, **m}) + "\n")
         if self.tb is not None:
             for key, value in m.items():
-                if isinstance(value, int | float) and key not in ("step", "restarts"):
+                if isinstance(value, int | float) and key not in NOT_SCALARS:
                     self.tb.add_scalar(
                         f"{'branch' if self.branch else 'train'}/{key}", value, m["step"]
                     )
