@@ -173,8 +173,6 @@ class Trainer:
     def save(self, metrics: dict) -> None:
         """A checkpoint of every rank, reported to Ray Train; in local mode it stays in
         ``run.dir/checkpoints`` (the newest ``keep_checkpoints``)."""
-        import shutil
-
         import ray.train
 
         local = self.t.workers == 0
