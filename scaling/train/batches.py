@@ -15,10 +15,11 @@ import torch
 from scaling.config import Config
 
 
-def batch_source(cfg: Config, config: dict, trainer, device, rank: int, world: int) -> Callable:
+def batch_source(cfg: Config, config: dict, crops_seen: int, device, world: int) -> Callable:
+    """The micro-batch function of a run that has trained ``crops_seen`` crops so far."""
     if config["source"] == "memory":
         return memory_batches(cfg, config["data"], device)
-    skip = (trainer.state["crops_seen"] - config.get("crops_at_start", 0)) // world
+    skip = (crops_seen - config.get("crops_at_start", 0)) // world
     batches = stream_batches(cfg, device, skip)
     return lambda position: next(batches)
 

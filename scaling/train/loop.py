@@ -42,4 +42,4 @@ def train_loop(config: dict) -> None:
     if found is not None:
         with found.as_directory() as d:
             trainer.restore(d, restarted)
-    trainer.fit(batch_source(cfg, config, trainer, device, rank, world))
+    trainer.fit(batch_source(cfg, config, trainer.state["crops_seen"], device, world))
