@@ -58,12 +58,19 @@ def prepare_data(cfg: Config) -> str:
 
 def choose_source(cfg: Config, ds) -> str:
     """``data.source``, with ``auto`` resolved: memory when the training sites are uint8 of
-    one size and fit in ``data.memory_gb`` (each training process holds a copy)."""
-    if cfg.data.source != "auto":
-        return cfg.data.source
+    one size and fit in ``data.memory_gb`` (each training process holds a copy). Checked
+    here, before any worker starts."""
+    if cfg.data.source == "stream":
+        return "stream"
     from scaling.stream.memory import training_sites
 
-    _, nbytes = training_sites(ds, cfg.data)
+    n, nbytes = training_sites(ds, cfg.data)
+    if n == 0:
+        raise InputError(f"{ds.root}: no training sites after the hold-out and the selection")
+    if cfg.data.source == "memory":
+        if nbytes < 0:
+            raise InputError(f"data.source: memory needs uint8 sites of one size ({ds.root})")
+        return "memory"
     return "memory" if 0 <= nbytes <= cfg.data.memory_gb * 2**30 else "stream"
 
 
