@@ -113,6 +113,14 @@ class Trainer:
         s["crops_seen"] += n
         s["flops"] += self.flops_per_crop * n
 
+    def take_loss(self) -> float:
+        """The mean training loss since the last call (NaN if no step), read from the device
+        once, and a fresh window."""
+        loss = float(self.loss_sum) / self.loss_n if self.loss_n else float("nan")
+        self.loss_sum.zero_()
+        self.loss_n = 0
+        return loss
+
     def validate(self) -> float:
         return validation_loss(
             self.engine, self.val, self.cfg.data.batch_size, self.t.seed, self.t.precision
@@ -124,9 +132,7 @@ class Trainer:
         now = time.perf_counter()
         crops_per_s = (s["crops_seen"] - self.window[1]) / max(now - self.window[0], 1e-9)
         self.window = (now, s["crops_seen"])
-        loss = float(self.loss_sum) / max(self.loss_n, 1) if self.loss_n else float("nan")
-        self.loss_sum.zero_()
-        self.loss_n = 0
+        loss = self.take_loss()
         m = {
             **s,
             "loss": loss,
@@ -201,7 +207,7 @@ class Trainer:
 
         val_loss = self.validate()
         weights = ckpt.full_weights(self.engine, self.t.zero_stage, self.rank)
-        loss = float(self.loss_sum) / max(self.loss_n, 1)
+        loss = self.take_loss()
         if self.rank == 0:
             own = _build(Config, self.config_dict, "", "train_loop_config")
             own.train.steps, own.train.branches = self.branch, []
@@ -215,8 +221,7 @@ class Trainer:
         self.state = {**self.trunk, "branches_done": done}
         self.branch, self.trunk, self.schedule.end = None, None, self.t.steps
         self.window = (time.perf_counter(), self.state["crops_seen"])
-        self.loss_sum.zero_()
-        self.loss_n = 0
+        self.take_loss()  # the branch's steps do not count in the trunk's next report
 
     def maybe_start_branch(self) -> None:
         b = self.branches[0] if self.branches and self.branch is None else None
