@@ -6,9 +6,35 @@ The math lives in :mod:`analysis.laws`; this module selects rows, picks each run
 block, assembles the JSON-ready dict and writes it atomically. No plots are drawn here.
 
 Inputs (section 6): ``runs.parquet`` has one row a run (run_id, model, params, curation,
-crops_seen, flops, loss, optionally kind and depth); only rows with kind == "mae" (all
-rows when there is no kind column) enter the fits, rows with kind == "baseline" are
-reported under "baselines". ``metrics.parquet`` has run_id, block, metric, value.
+crops_seen, flops, loss, optionally kind, depth and wsd_trunk); only rows with kind ==
+"mae" (all rows when there is no kind column) enter the fits, rows with kind ==
+"baseline" are reported under "baselines". ``metrics.parquet`` has run_id, block,
+metric, value.
+
+Every bootstrap resamples WSD trunks, not runs (section 4, "Trunk-clustered
+bootstrap"): a run's trunk is its ``wsd_trunk`` (the run id of the shared
+warm-up/stable/decay run it branches off or ends), or the run itself where that is
+missing or the column is absent (``trunk_groups``).
+
+"Not determined" (section 4): a law whose fitted parameter, or its 95% interval, touches
+its search bound carries ``determined: false`` and ``not_determined``, a list of one-line
+reasons (empty when determined); nothing downstream is computed from such a loss law
+(compute_optimal's exponents are null with a ``reason``, ``recommend`` gives no size).
+
+fit.json keys (``FIT_JSON_KEYS``): inputs, loss_law (E, A, B, alpha, beta, ci,
+determined, not_determined, samples, held-out check), compute_optimal (n_exponent,
+d_exponent, ci, k, reason), isoflop, metric_laws, frontier, best_block, curation,
+baselines, skipped. ``isoflop`` is Chinchilla's approach 2 (``laws.isoflop``)::
+
+    {"budgets": [{"flops", "n_runs", "sizes", "n_opt", "n_opt_ci", "n_kept", "parabola",
+                  "determined", "reason"}, ...],
+     "n_exponent", "n_exponent_ci", "n_kept", "determined", "reason"}
+
+one entry per compute budget (runs within 5% of each other's FLOPs): its median FLOPs,
+runs, distinct sizes (parameters), the vertex N* of the parabola of loss in log10 N
+(null unless determined) with its 95% interval, the resamples whose vertex was interior,
+the parabola [c0, c1, c2] (L = c0 + c1 log10 N + c2 log10(N)^2) and why it is not
+determined; then N* ∝ C^n_exponent fitted across the determined budgets.
 """
 
 from __future__ import annotations
@@ -37,6 +63,7 @@ FIT_JSON_KEYS = (
     "inputs",
     "loss_law",
     "compute_optimal",
+    "isoflop",
     "metric_laws",
     "frontier",
     "best_block",
@@ -84,6 +111,14 @@ def fit_tables(
     out: dict = {"inputs": _inputs_section(mae, bootstrap, seed), "skipped": {}}
     out["loss_law"], samples = _loss_section(mae, bootstrap, seed)
     out["compute_optimal"] = _compute_optimal_section(mae, out["loss_law"], samples)
+    out["isoflop"] = laws.isoflop(
+        mae["params"],
+        mae["flops"],
+        mae["loss"],
+        bootstrap,
+        _section_seed(seed, "isoflop"),
+        trunk_groups(mae),
+    )
 
     if out["loss_law"]["holdout"] is None:
         out["skipped"]["loss_law.holdout"] = "too few runs to hold any out and still fit"
@@ -106,40 +141,59 @@ def recommend(fit_json: dict, budget_flops: float, metric: str = BEST_BLOCK_METR
     """What to train for ``budget_flops`` FLOPs, from a fit.json dict: the compute-optimal
     parameters N_opt and crops D_opt (section 4), the predicted loss there, the predicted
     ``metric`` from its linear law with a 95% bootstrap interval, and the trained size
-    nearest to N_opt (in log parameters)."""
+    nearest to N_opt (in log parameters). When the loss law is not determined, params,
+    crops, the predicted loss and the nearest size are None and ``note`` says why."""
     budget = float(budget_flops)
     if not (math.isfinite(budget) and budget > 0):
         raise InputError(f"budget_flops: must be a positive number of FLOPs, got {budget_flops!r}")
-    try:
-        ll, k = fit_json["loss_law"], fit_json["compute_optimal"]["k"]
-        law = laws.LossLaw(*(float(ll[p]) for p in ("E", "A", "B", "alpha", "beta")))
-    except (KeyError, TypeError) as exc:
-        raise InputError(f"fit.json: no usable loss_law/compute_optimal ({exc})") from exc
-    n_opt, d_opt = (float(v) for v in laws.n_opt_d_opt(budget, law, float(k)))
     lo, hi = fit_json.get("inputs", {}).get("flops_range", [None, None])
     out = {
         "budget_flops": budget,
-        "params": n_opt,
-        "crops": d_opt,
-        "predicted_loss": float(law(n_opt, d_opt)),
-        "predicted_loss_ci": _loss_ci_at(ll, n_opt, d_opt),
+        "params": None,
+        "crops": None,
+        "predicted_loss": None,
+        "predicted_loss_ci": None,
         "metric": metric,
         "predicted_metric": None,
         "predicted_metric_ci": None,
-        "nearest_size": _nearest_size(fit_json.get("inputs", {}).get("params", {}), n_opt),
+        "nearest_size": None,
         "within_trained_range": lo is not None and hi is not None and lo <= budget <= hi,
         "note": None,
     }
+    notes = [_recommend_size(fit_json, budget, out)]
     entry = fit_json.get("metric_laws", {}).get(metric)
     if entry is None:
         why = fit_json.get("skipped", {}).get(f"metric_laws.{metric}", "not in metric_laws")
-        out["note"] = f"{metric}: no metric law ({why})"
+        notes.append(f"{metric}: no metric law ({why})")
+        out["note"] = "; ".join(n for n in notes if n) or None
         return out
     lin = entry["linear"]
     samples = _samples_array(lin, ("intercept", "slope"))
     point, ci = laws.predict_linear(budget, laws.LinearLaw(lin["intercept"], lin["slope"]), samples)
     out["predicted_metric"], out["predicted_metric_ci"] = point, ci
+    out["note"] = "; ".join(n for n in notes if n) or None
     return out
+
+
+def _recommend_size(fit_json: dict, budget: float, out: dict) -> str | None:
+    """Fill ``out``'s params, crops, predicted_loss(_ci) and nearest_size from the loss law
+    at ``budget`` FLOPs; return why not (a note) when the law is not determined."""
+    try:
+        ll, k = fit_json["loss_law"], fit_json["compute_optimal"]["k"]
+        if ll.get("determined") is False:
+            return "loss law not determined: " + "; ".join(ll.get("not_determined") or [])
+        law = laws.LossLaw(*(float(ll[p]) for p in ("E", "A", "B", "alpha", "beta")))
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise InputError(f"fit.json: no usable loss_law/compute_optimal ({exc})") from exc
+    n_opt, d_opt = (float(v) for v in laws.n_opt_d_opt(budget, law, float(k)))
+    out.update(
+        params=n_opt,
+        crops=d_opt,
+        predicted_loss=float(law(n_opt, d_opt)),
+        predicted_loss_ci=_loss_ci_at(ll, n_opt, d_opt),
+        nearest_size=_nearest_size(fit_json.get("inputs", {}).get("params", {}), n_opt),
+    )
+    return None
 
 
 # -------------------------------------------------------------------------- reading
@@ -176,6 +230,17 @@ def _check_runs(runs: pd.DataFrame) -> pd.DataFrame:
     if len(dup):
         raise InputError(f"runs.run_id: duplicate run id {dup.iloc[0]!r}")
     return runs
+
+
+def trunk_groups(runs: pd.DataFrame) -> np.ndarray:
+    """Bootstrap cluster of each row of ``runs`` (n,) as str (section 4): its wsd_trunk,
+    or its own run_id where wsd_trunk is missing (None, NaN, empty) or the column absent."""
+    ids = runs["run_id"].astype(str)
+    if "wsd_trunk" not in runs.columns:
+        return ids.to_numpy()
+    trunk = runs["wsd_trunk"]
+    text = trunk.astype(str).str.strip()
+    return text.where(trunk.notna() & (text != ""), ids).to_numpy()
 
 
 def _mae_runs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -282,14 +347,20 @@ def _inputs_section(mae: pd.DataFrame, bootstrap: int, seed: int) -> dict:
 
 
 def _loss_section(mae: pd.DataFrame, bootstrap: int, seed: int) -> tuple[dict, np.ndarray]:
-    """The "loss_law" entry and its bootstrap samples (n, 5) of (E, A, B, alpha, beta)."""
+    """The "loss_law" entry and its trunk-clustered bootstrap samples (n, 5) of
+    (E, A, B, alpha, beta)."""
     N, D, L = mae["params"].to_numpy(), mae["crops_seen"].to_numpy(), mae["loss"].to_numpy()
     law = laws.fit_loss_law(N, D, L)
-    samples = laws.bootstrap_loss_law(N, D, L, law, bootstrap, _section_seed(seed, "loss_law"))
+    samples = laws.bootstrap_loss_law(
+        N, D, L, law, bootstrap, _section_seed(seed, "loss_law"), trunk_groups(mae)
+    )
     names = ("E", "A", "B", "alpha", "beta")
+    reasons = laws.loss_law_not_determined(law, samples, N, D)
     out = {
         **law.as_dict(),
         "ci": laws.loss_law_ci(samples),
+        "determined": not reasons,
+        "not_determined": reasons,
         "n_runs": len(mae),
         "n_bootstrap": len(samples),
         **_samples_entry(samples, names),
@@ -312,19 +383,26 @@ def _loss_section(mae: pd.DataFrame, bootstrap: int, seed: int) -> tuple[dict, n
 
 
 def _compute_optimal_section(mae: pd.DataFrame, loss: dict, samples: np.ndarray) -> dict:
-    """N_opt ∝ C^n_exponent, D_opt ∝ C^d_exponent under C = k N D (section 4)."""
-    n_exp, d_exp = laws.compute_optimal_exponents(loss["alpha"], loss["beta"])
+    """N_opt ∝ C^n_exponent, D_opt ∝ C^d_exponent under C = k N D (section 4); the
+    exponents and their intervals are null, with a ``reason``, when the loss law is not
+    determined."""
+    out = {
+        "n_exponent": None,
+        "d_exponent": None,
+        "ci": {"n_exponent": None, "d_exponent": None},
+        "k": laws.fit_k(mae["params"], mae["crops_seen"], mae["flops"]),
+        "reason": None,
+    }
+    if not loss["determined"]:
+        out["reason"] = "loss law not determined: " + "; ".join(loss["not_determined"])
+        return out
     boot = np.array([laws.compute_optimal_exponents(a, b) for a, b in samples[:, 3:5]])
     boot = boot.reshape(-1, 2)
-    return {
-        "n_exponent": n_exp,
-        "d_exponent": d_exp,
-        "ci": {
-            "n_exponent": laws.percentile_ci(boot[:, 0]),
-            "d_exponent": laws.percentile_ci(boot[:, 1]),
-        },
-        "k": laws.fit_k(mae["params"], mae["crops_seen"], mae["flops"]),
-    }
+    out["n_exponent"], out["d_exponent"] = laws.compute_optimal_exponents(
+        loss["alpha"], loss["beta"]
+    )
+    out["ci"] = {name: laws.percentile_ci(boot[:, i]) for i, name in enumerate(out["ci"])}
+    return out
 
 
 def _samples_entry(samples: np.ndarray, names: tuple[str, ...]) -> dict:
@@ -333,27 +411,31 @@ def _samples_entry(samples: np.ndarray, names: tuple[str, ...]) -> dict:
     return {"sample_params": list(names), "samples": samples.tolist()}
 
 
-def _linear_entry(C, m, bootstrap: int, seed, keep_samples: bool = False) -> dict:
+def _linear_entry(C, m, groups, bootstrap: int, seed) -> dict:
+    """A linear metric law with its trunk-clustered bootstrap (groups: (n,) trunks) and
+    samples; it has no bounded parameter, so it is always determined."""
     law = laws.fit_linear(C, m)
-    s = laws.linear_samples(C, m, bootstrap, seed)
-    out = {
+    s = laws.linear_samples(C, m, bootstrap, seed, groups)
+    return {
         "intercept": law.intercept,
         "slope": law.slope,
         "ci": {"intercept": laws.percentile_ci(s[:, 0]), "slope": laws.percentile_ci(s[:, 1])},
         "n_bootstrap": len(s),
+        "determined": True,
+        "not_determined": [],
+        **_samples_entry(s, ("intercept", "slope")),
     }
-    if keep_samples:
-        out.update(_samples_entry(s, ("intercept", "slope")))
-    return out
 
 
-def _saturating_entry(C, m, bootstrap: int, seed) -> dict:
+def _saturating_entry(C, m, groups, bootstrap: int, seed) -> dict:
+    """The saturating metric law with its trunk-clustered bootstrap, or {"skipped": why}."""
     try:
         law = laws.fit_saturating(C, m)
     except InputError as exc:
         return {"skipped": str(exc)}
-    s = laws.saturating_samples(C, m, bootstrap, seed)
+    s = laws.saturating_samples(C, m, bootstrap, seed, groups)
     names = ("m_inf", "k", "gamma")
+    reasons = laws.saturating_not_determined(law, s)
     return {
         "m_inf": law.m_inf,
         "k": law.k,
@@ -365,6 +447,8 @@ def _saturating_entry(C, m, bootstrap: int, seed) -> dict:
         ),
         "ci": {k: laws.percentile_ci(s[:, i]) for i, k in enumerate(names)},
         "n_bootstrap": len(s),
+        "determined": not reasons,
+        "not_determined": reasons,
         **_samples_entry(s, names),
     }
 
@@ -405,11 +489,11 @@ def _fit_metric(out: dict, mae: pd.DataFrame, value, metric: str, bootstrap: int
     ``value``: the metric at each MAE run's best block, shape (n_runs,), NaN if absent."""
     rows = mae[np.isfinite(value)]
     C, m = rows["flops"].to_numpy(float), value[np.isfinite(value)]
-    ids = rows["run_id"].to_numpy(str)
+    ids, groups = rows["run_id"].to_numpy(str), trunk_groups(rows)
     if len(rows):
         out["frontier"][metric] = laws.frontier(C, m, ids)
     try:
-        linear = _linear_entry(C, m, bootstrap, _section_seed(seed, f"{metric}.linear"), True)
+        linear = _linear_entry(C, m, groups, bootstrap, _section_seed(seed, f"{metric}.linear"))
     except InputError as exc:
         out["skipped"][f"metric_laws.{metric}"] = str(exc)
         return
@@ -417,7 +501,9 @@ def _fit_metric(out: dict, mae: pd.DataFrame, value, metric: str, bootstrap: int
     entry = {
         "n_runs": len(rows),
         "linear": linear,
-        "saturating": _saturating_entry(C, m, bootstrap, _section_seed(seed, f"{metric}.sat")),
+        "saturating": _saturating_entry(
+            C, m, groups, bootstrap, _section_seed(seed, f"{metric}.sat")
+        ),
         "holdout_error": None if holdout is None else holdout.pop("error"),
         "holdout_error_kind": METRIC_HOLDOUT_KIND,
         "holdout": holdout,
@@ -428,11 +514,11 @@ def _fit_metric(out: dict, mae: pd.DataFrame, value, metric: str, bootstrap: int
     curation = rows["curation"].astype(str).to_numpy()
     per_curation = {}
     for cur in sorted(set(curation)):
-        Cc, mc = C[curation == cur], m[curation == cur]
+        Cc, mc, gc = (a[curation == cur] for a in (C, m, groups))
         try:
-            lin = _linear_entry(Cc, mc, bootstrap, _section_seed(seed, f"{metric}.{cur}"))
+            lin = _linear_entry(Cc, mc, gc, bootstrap, _section_seed(seed, f"{metric}.{cur}"))
             entry["by_curation"][cur] = {"linear": lin, "n_runs": len(mc)}
-            per_curation[cur] = (Cc, mc)
+            per_curation[cur] = (Cc, mc, gc)
         except InputError as exc:
             entry["by_curation"][cur] = {"skipped": str(exc), "n_runs": len(mc)}
     out["metric_laws"][metric] = entry
@@ -441,8 +527,9 @@ def _fit_metric(out: dict, mae: pd.DataFrame, value, metric: str, bootstrap: int
 
 def _curation_entry(C_all, per_curation: dict, bootstrap: int, seed: int, metric: str) -> dict:
     """Effective-compute multiplier of OTHER_CURATION vs REFERENCE_CURATION at the
-    geometric-mean compute of the runs, with a bootstrap resampling runs within each
-    curation (section 4, via laws.effective_compute_multiplier)."""
+    geometric-mean compute of the runs, with a bootstrap resampling trunks within each
+    curation (section 4, via laws.effective_compute_multiplier). per_curation:
+    {curation: (C, m, trunk groups)}, each (n_curation_runs,)."""
     at = float(10 ** np.mean(np.log10(C_all)))
     out = {
         "reference": REFERENCE_CURATION,
@@ -456,14 +543,15 @@ def _curation_entry(C_all, per_curation: dict, bootstrap: int, seed: int, metric
     if missing:
         out["reason"] = f"no fittable linear law for curation(s) {', '.join(missing)}"
         return out
-    ref, oth = (per_curation[c] for c in (REFERENCE_CURATION, OTHER_CURATION))
+    (*ref, ref_g), (*oth, oth_g) = (per_curation[c] for c in (REFERENCE_CURATION, OTHER_CURATION))
     ref_law, oth_law = laws.fit_linear(*ref), laws.fit_linear(*oth)
     for name, law in ((REFERENCE_CURATION, ref_law), (OTHER_CURATION, oth_law)):
         if not law.slope > 0:
             out["reason"] = f"{name} slope is {law.slope:.3g} <= 0: no compute equivalent"
             return out
     out["multiplier"] = laws.effective_compute_multiplier(ref_law, oth_law, at)
-    draws = laws.multiplier_samples(ref, oth, at, bootstrap, _section_seed(seed, f"{metric}.cur"))
+    seed = _section_seed(seed, f"{metric}.cur")
+    draws = laws.multiplier_samples(ref, oth, at, bootstrap, seed, (ref_g, oth_g))
     out["ci"] = laws.percentile_ci(draws)
     return out
 

@@ -14,6 +14,14 @@ Definitions used here (ARCHITECTURE section 4):
 - Linear metric law m(C) = intercept + slope * log10(C).
 - A run's best block b* = the argmax over blocks of the mean of its validation metrics
   (``*_val``), ties to the lower block; a run's metric value is read at b*.
+- Bands are 95% trunk-clustered bootstrap intervals: resamples draw WSD trunks (a run's
+  ``wsd_trunk``, else the run itself), all runs of a drawn trunk together.
+- A loss law marked ``determined: false`` in fit.json is not drawn (its points are).
+- IsoFLOP profile (Chinchilla's approach 2): at each compute budget, the parabola of loss
+  in log10 N from fit.json's ``isoflop`` and its vertex N*(C).
+
+The metrics table may be None (``scaling fit`` without ``--metrics``): the loss figures
+are drawn, the metric ones skipped.
 
 Colours follow the Okabe-Ito palette (safe for colour-blind readers): one colour and one
 marker shape per model size, one colour and line style per curation, used the same way
@@ -43,6 +51,9 @@ from matplotlib.ticker import (  # noqa: E402
     MaxNLocator,
     NullFormatter,
 )
+
+from analysis import laws  # noqa: E402
+from analysis.fit import METRICS_COLUMNS, trunk_groups  # noqa: E402
 
 DPI = 150
 VAL_SUFFIX = "_val"
@@ -139,9 +150,19 @@ LOSS_PARAMS = ("E", "A", "B", "alpha", "beta")
 
 
 def has_loss_law(fit: dict) -> bool:
-    """True when fit.json holds finite loss-law parameters."""
+    """True when fit.json holds finite loss-law parameters of a law that is not marked
+    ``determined: false`` (a law without the key counts as determined)."""
     law = section(fit, "loss_law")
-    return finite(*(law.get(p) for p in LOSS_PARAMS))
+    return finite(*(law.get(p) for p in LOSS_PARAMS)) and law.get("determined") is not False
+
+
+def loss_law_not_determined(fit: dict) -> list[str]:
+    """Why fit.json's loss law is not determined (one line a parameter); empty when it is
+    determined or absent."""
+    law = section(fit, "loss_law")
+    if law.get("determined") is not False:
+        return []
+    return [str(r) for r in law.get("not_determined") or []] or ["no reason given"]
 
 
 def loss_at(law: dict, n, d):
@@ -200,6 +221,11 @@ def compute_optimal(law: dict, k: float, budget: float) -> tuple[float, float]:
 # --------------------------------------------------------------------------- tables
 
 
+def as_metrics(metrics: pd.DataFrame | None) -> pd.DataFrame:
+    """The metrics table, or an empty one with its columns when None (no ``--metrics``)."""
+    return pd.DataFrame(columns=list(METRICS_COLUMNS)) if metrics is None else metrics
+
+
 def mae_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """Trained MAE runs: ``kind == "mae"`` when the column exists, else rows with positive
     finite training FLOPs."""
@@ -231,6 +257,7 @@ def best_blocks(metrics: pd.DataFrame) -> pd.Series:
     """b* per run (Series indexed by run_id): argmax over blocks of the mean of the run's
     ``*_val`` metrics, ties to the lower block; a run without validation metrics gets its
     last block."""
+    metrics = as_metrics(metrics)
     if metrics.empty:
         return pd.Series(dtype="int64", name="block")
     val = metrics[metrics["metric"].astype(str).str.endswith(VAL_SUFFIX)]
@@ -243,6 +270,7 @@ def best_blocks(metrics: pd.DataFrame) -> pd.Series:
 
 def values_at_best(metrics: pd.DataFrame, best: pd.Series | None = None) -> pd.DataFrame:
     """Wide table run_id x metric of each run's values at its best block b*."""
+    metrics = as_metrics(metrics)
     if metrics.empty:
         return pd.DataFrame()
     best = best_blocks(metrics) if best is None else best
@@ -252,7 +280,7 @@ def values_at_best(metrics: pd.DataFrame, best: pd.Series | None = None) -> pd.D
 
 def run_points(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
     """Trained runs with finite FLOPs joined to their b* and metric values at b* (one
-    column per metric)."""
+    column per metric; none when ``metrics`` is None or empty)."""
     mae = mae_runs(runs)
     mae = mae[np.isfinite(pd.to_numeric(mae["flops"], errors="coerce"))]
     mae = mae[mae["flops"] > 0].set_index("run_id", drop=False).rename_axis(None)
@@ -278,6 +306,7 @@ def metric_list(fit: dict, metrics: pd.DataFrame) -> list[str]:
     """Benchmark metrics to plot: those with a fitted law or present in the metrics table
     (validation probes excluded), in the canonical order."""
     names = set(section(fit, "metric_laws"))
+    metrics = as_metrics(metrics)
     if not metrics.empty:
         names |= set(metrics["metric"].astype(str).unique())
     names = {m for m in names if not m.endswith(VAL_SUFFIX)}
@@ -289,6 +318,7 @@ def baseline_entries(runs: pd.DataFrame, metrics: pd.DataFrame, fit: dict) -> di
     """{baseline run_id: {"model": str, metric: value}}: the reference rows' metrics at
     their best block, updated with fit.json's ``baselines`` (its values win)."""
     entries: dict[str, dict] = {}
+    metrics = as_metrics(metrics)
     base = baseline_runs(runs)
     if not metrics.empty and len(base):
         wide = values_at_best(metrics[metrics["run_id"].isin(base["run_id"])])
@@ -318,21 +348,20 @@ def baseline_values(runs: pd.DataFrame, metrics: pd.DataFrame, fit: dict) -> dic
 # --------------------------------------------------------------------------- bands
 
 
-def bootstrap_lines(x, y, n_boot: int = 400, seed: int = 0) -> np.ndarray:
-    """(intercept, slope) of least-squares lines y = a + b x on ``n_boot`` resamples of
-    the points (drawn with replacement); degenerate resamples (one distinct x) dropped."""
+def bootstrap_lines(x, y, n_boot: int = 400, seed: int = 0, groups=None) -> np.ndarray:
+    """(intercept, slope) of least-squares lines y = a + b x on ``n_boot`` trunk-clustered
+    resamples of the points (``laws.cluster_resamples``; groups: (n,) trunk labels, None:
+    every point alone); x, y: (n,), non-finite points dropped. Returns (n_kept, 2);
+    degenerate resamples (one distinct x) are dropped."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     keep = np.isfinite(x) & np.isfinite(y)
+    groups = laws.check_groups(groups, keep.size)[keep]
     x, y = x[keep], y[keep]
     if len(np.unique(x)) < 2:
         return np.empty((0, 2))
-    idx = np.random.default_rng(seed).integers(0, len(x), size=(n_boot, len(x)))
-    xs, ys = x[idx], y[idx]
-    dx = xs - xs.mean(axis=1, keepdims=True)
-    den = (dx**2).sum(axis=1)
-    ok = den > 1e-12 * max(1.0, float(np.ptp(x)) ** 2)
-    slope = (dx * (ys - ys.mean(axis=1, keepdims=True))).sum(axis=1)[ok] / den[ok]
-    return np.column_stack([ys.mean(axis=1)[ok] - slope * xs.mean(axis=1)[ok], slope])
+    intercept, slope = laws.linear_batch(x, y, laws.cluster_resamples(groups, n_boot, seed))
+    ok = np.isfinite(slope)
+    return np.column_stack([intercept[ok], slope[ok]])
 
 
 def parameter_samples(law: dict, names) -> np.ndarray:
@@ -360,8 +389,8 @@ def default_bands(runs: pd.DataFrame, metrics: pd.DataFrame, fit: dict, n_boot: 
 
     - Bootstrap parameter sets stored in fit.json (``samples`` beside a law's parameters)
       are used when present.
-    - Otherwise, ``linear``: least-squares lines refitted on runs resampled with
-      replacement (trained runs, metric at b*, one curation or all; seeded with
+    - Otherwise, ``linear``: least-squares lines refitted on trunk-clustered resamples
+      of the runs (trained runs, metric at b*, one curation or all; seeded with
       fit.json's seed), which is how the fit's bootstrap resamples too.
     - Otherwise, ``loss``: no band. fit.json keeps only marginal parameter intervals,
       and because the loss law's parameters are strongly correlated, the envelope of
@@ -370,6 +399,7 @@ def default_bands(runs: pd.DataFrame, metrics: pd.DataFrame, fit: dict, n_boot: 
     """
     inputs = section(fit, "inputs")
     seed = int(num(inputs.get("seed"))) if finite(inputs.get("seed")) else 0
+    metrics = as_metrics(metrics)
     points = run_points(runs, metrics) if not metrics.empty else pd.DataFrame()
     cache: dict = {}
 
@@ -385,7 +415,8 @@ def default_bands(runs: pd.DataFrame, metrics: pd.DataFrame, fit: dict, n_boot: 
         if len(stored) or points.empty or metric not in points.columns:
             return stored
         sub = points if curation is None else points[points["curation"] == curation]
-        return bootstrap_lines(np.log10(sub["flops"].to_numpy(float)), sub[metric], n_boot, seed)
+        x = np.log10(sub["flops"].to_numpy(float))
+        return bootstrap_lines(x, sub[metric], n_boot, seed, trunk_groups(sub))
 
     def linear(key, x):
         if key not in cache:
@@ -397,7 +428,7 @@ def default_bands(runs: pd.DataFrame, metrics: pd.DataFrame, fit: dict, n_boot: 
 
     def loss(n, x):
         samples = parameter_samples(section(fit, "loss_law"), LOSS_PARAMS)
-        if not len(samples):
+        if not len(samples) or not has_loss_law(fit):
             return None
         d = x / (per_size.get(float(n), compute_k(fit, runs)) * n)
         return percentile_band(
@@ -569,6 +600,73 @@ def plot_loss_vs_compute(runs, fit, out_dir: Path, bands: Bands) -> list[Path]:
     ax.set_title("Loss vs training compute")
     legend_right(ax, handles)
     return save(fig, out_dir, "loss_vs_compute")
+
+
+def isoflop_points(runs: pd.DataFrame, budgets: list[dict]) -> list[pd.DataFrame]:
+    """The trained runs (finite positive FLOPs, params and loss) of each of fit.json's
+    IsoFLOP ``budgets``: every run goes to the budget whose FLOPs are nearest its own
+    (in log FLOPs); one DataFrame a budget, in the order of ``budgets``."""
+    mae = mae_runs(runs)
+    cols = [pd.to_numeric(mae[c], errors="coerce") for c in ("flops", "params", "loss")]
+    mae = mae[np.logical_and.reduce([np.isfinite(c) & (c > 0) for c in cols])]
+    centres = np.log([num(b.get("flops")) for b in budgets])
+    nearest = np.abs(np.log(mae["flops"].to_numpy(float))[:, None] - centres[None, :])
+    which = nearest.argmin(axis=1) if nearest.size else np.zeros(len(mae), int)
+    return [mae[which == i] for i in range(len(budgets))]
+
+
+def _isoflop_budget_label(b: dict) -> str:
+    """Legend text of one budget: its FLOPs and N* with interval, or why not determined
+    (the head of its reason, e.g. "minimum at the edge")."""
+    head = f"C = {num(b.get('flops')):.2g} FLOPs"
+    if not b.get("determined"):
+        return f"{head}: {str(b.get('reason') or 'not determined').split(':')[0]}"
+    pair = b.get("n_opt_ci")
+    extra = f" ({num(pair[0]):.2g} to {num(pair[1]):.2g})" if pair else ""
+    return f"{head}: N* = {num(b['n_opt']):.2g}{extra}"
+
+
+def _isoflop_curve(ax, b: dict, pts: pd.DataFrame, colour) -> None:
+    """One budget on the IsoFLOP axes: its runs, its parabola over the trained sizes and,
+    when determined, the vertex N* with its 95% interval as a horizontal bar."""
+    ax.scatter(pts["params"], pts["loss"], color=colour, s=30, edgecolor="white", lw=0.5, zorder=3)
+    c0, c1, c2 = (num(c) for c in b["parabola"])
+    u = np.linspace(*np.log10(pts["params"].agg(["min", "max"]).to_numpy(float)), 100)
+    ax.plot(10**u, c0 + c1 * u + c2 * u**2, color=colour, lw=1.2, zorder=2)
+    if b.get("determined") and finite(b.get("n_opt")):
+        n = num(b["n_opt"])
+        y = c0 + c1 * np.log10(n) + c2 * np.log10(n) ** 2
+        pair = b.get("n_opt_ci") or [n, n]
+        err = [[n - num(pair[0])], [num(pair[1]) - n]]
+        ax.errorbar([n], [y], xerr=err, color=colour, marker="*", ms=11, capsize=3, zorder=4)
+
+
+def plot_isoflop(runs, fit, out_dir: Path) -> list[Path]:
+    """Figure 1b, ``isoflop``: final validation loss vs encoder parameters at each compute
+    budget with >= 3 sizes (fit.json's ``isoflop``, Chinchilla's approach 2): the runs, the
+    fitted parabola in log10 N over the trained sizes and, where determined, its minimum
+    N*(C) (star) with its 95% trunk-clustered bootstrap interval (bar)."""
+    budgets = [b for b in section(fit, "isoflop").get("budgets") or [] if isinstance(b, dict)]
+    groups = isoflop_points(runs, budgets)
+    drawn = [(b, g) for b, g in zip(budgets, groups, strict=True) if b.get("parabola") and len(g)]
+    if not drawn:
+        return []
+    fig, ax = plt.subplots(figsize=(7.6, 4.6))
+    colours = plt.get_cmap("viridis")(np.linspace(0.0, 0.85, len(drawn)))
+    handles = []
+    for (b, pts), colour in zip(drawn, colours, strict=True):
+        _isoflop_curve(ax, b, pts, colour)
+        handles.append(Line2D([], [], color=colour, marker="o", label=_isoflop_budget_label(b)))
+    iso = section(fit, "isoflop")
+    if iso.get("determined") and finite(iso.get("n_exponent")):
+        handles.append(Line2D([], [], ls="", label=f"N* ∝ C^{num(iso['n_exponent']):.2f}"))
+    params = pd.concat([g["params"] for _, g in drawn])
+    log_x(ax, params.min() / 1.5, params.max() * 1.5)
+    ax.set_xlabel("encoder parameters N")
+    ax.set_ylabel("final validation loss (reconstruction)")
+    ax.set_title("IsoFLOP profiles: loss vs model size at fixed compute")
+    legend_right(ax, handles, title="compute budget: minimum N* (95% CI)")
+    return save(fig, out_dir, "isoflop")
 
 
 def frontier_points(fit, name, points, column, lower_is_better=False) -> np.ndarray:
@@ -789,6 +887,7 @@ def plot_block_heatmap(runs, metrics, fit, out_dir, metric) -> list[Path]:
     """Figure 4, ``block_heatmap_<metric>``: the metric at every block (columns) of every
     trained run (rows, by parameters, curation, then compute); a box marks b*, grey cells
     are blocks the model does not have."""
+    metrics = as_metrics(metrics)
     mae = mae_runs(runs)
     sub = metrics[(metrics["metric"] == metric) & metrics["run_id"].isin(mae["run_id"])]
     sub = sub[(sub["block"] >= 1) & np.isfinite(pd.to_numeric(sub["value"], errors="coerce"))]
@@ -834,10 +933,10 @@ def plot_block_heatmap(runs, metrics, fit, out_dir, metric) -> list[Path]:
 
 
 def holdout_panels(fit: dict) -> list[tuple[str, np.ndarray, np.ndarray, float, list]]:
-    """[(title, actual, predicted, held-out error, run_ids)] for the loss law and each
-    metric law whose held-out predictions are in fit.json."""
+    """[(title, actual, predicted, held-out error, run_ids)] for the loss law (unless it
+    is not determined) and each metric law whose held-out predictions are in fit.json."""
     out = []
-    named = [("loss law", section(fit, "loss_law"))]
+    named = [] if loss_law_not_determined(fit) else [("loss law", section(fit, "loss_law"))]
     named += [
         (label(m), law) for m, law in section(fit, "metric_laws").items() if isinstance(law, dict)
     ]
@@ -908,22 +1007,26 @@ def plot_holdout(fit, out_dir, runs: pd.DataFrame | None = None) -> list[Path]:
 
 def plot_all(
     runs: pd.DataFrame,
-    metrics: pd.DataFrame,
+    metrics: pd.DataFrame | None,
     fit: dict,
     out_dir,
     bands: Bands | None = None,
 ) -> list[Path]:
     """Draw every figure whose inputs exist into ``out_dir`` (created if needed) and
-    return the files written (PNG and SVG of each). ``bands(law, key, x)`` gives the
+    return the files written (PNG and SVG of each); with ``metrics`` None or empty only
+    the loss, IsoFLOP and held-out figures. ``bands(law, key, x)`` gives the
     shaded intervals (see :data:`Bands`); by default :func:`default_bands`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fit = fit if isinstance(fit, dict) else {}
+    metrics = as_metrics(metrics)
     bands = bands or default_bands(runs, metrics, fit)
     paths: list[Path] = []
     with plt.rc_context(RC):
         if {"flops", "loss", "model", "curation"} <= set(runs.columns):
             paths += plot_loss_vs_compute(runs, fit, out_dir, bands)
+        if {"flops", "loss", "params"} <= set(runs.columns):
+            paths += plot_isoflop(runs, fit, out_dir)
         if not metrics.empty and {"flops", "model", "curation"} <= set(runs.columns):
             if "recall_complex" in set(metrics["metric"]):
                 paths += plot_metric_vs_compute(

@@ -9,9 +9,14 @@ Reads ``DIR/runs.parquet``, ``DIR/metrics.parquet`` and ``DIR/fit/fit.json`` (fr
 
 Contents: three findings lines, the figures with captions on how to read them, the
 fitted loss law and compute-optimal exponents with their 95% bootstrap intervals, the
-metric laws (slope per decade of compute, held-out error), the runs and the baselines,
-a recommendation for a compute budget and every part of the fit that was skipped, and
-why.
+IsoFLOP profiles (Chinchilla's approach 2: each budget's loss-minimising size N* and
+N* ∝ C^a), the metric laws (slope per decade of compute, held-out error), the runs and
+the baselines, a recommendation for a compute budget and every part of the fit that was
+skipped, and why. Intervals are trunk-clustered bootstrap intervals (section 4).
+
+A loss law that fit.json marks ``determined: false`` (a parameter or its interval at
+its search bound) is reported as "not determined" with its reasons: no law table, no
+compute-optimal exponents, no recommended size and no law curve in the figures.
 
 Recommendation (ARCHITECTURE section 4): with C = k N D and the loss law
 L = E + A / N^alpha + B / D^beta, N_opt = G (C/k)^(beta/(alpha+beta)) with
@@ -77,6 +82,14 @@ CAPTIONS = {
         "curation, then compute). The orange box marks b*, the block chosen on validation "
         "probes; grey cells are blocks a model does not have."
     ),
+    "isoflop": (
+        "IsoFLOP profiles (Chinchilla's approach 2): final validation loss against encoder "
+        "parameters, one colour per compute budget with at least 3 sizes. Curves: the "
+        "parabola of loss in log10 N fitted at that budget, over the trained sizes. Star: "
+        "its minimum N*(C), with its 95% trunk-clustered bootstrap interval as a bar, "
+        "drawn only where the minimum lies strictly inside the trained sizes; a budget whose "
+        "minimum sits at the edge says so in the legend."
+    ),
     "holdout": (
         "Held-out check: each law fitted without the largest-compute runs predicts them. "
         "x: what the runs reached; y: the prediction. Points on the dashed diagonal are "
@@ -105,8 +118,11 @@ def caption(stem: str, fit: dict) -> str:
     text = CAPTIONS.get(stem, stem.replace("_", " "))
     if stem == "loss_vs_compute":
         stored = len(plots.parameter_samples(section(fit, "loss_law"), plots.LOSS_PARAMS))
+        reasons = plots.loss_law_not_determined(fit)
         law = (
-            "No loss-law curves: the law was not fitted (see Skipped)."
+            f"No loss-law curves: the law is not determined ({'; '.join(reasons)})."
+            if reasons
+            else "No loss-law curves: the law was not fitted (see Skipped)."
             if not plots.has_loss_law(fit)
             else "Dotted curves: the fitted loss law for each size as its data grows (C = kND), "
             + (
@@ -289,6 +305,9 @@ def recommendation(
                 rec["nearest_size"], rec["nearest_params"] = str(near), float(sizes[near])
         else:
             rec["notes"].append("No compute-optimal size: the loss law has a non-positive term.")
+    elif plots.loss_law_not_determined(fit):
+        why = "; ".join(plots.loss_law_not_determined(fit))
+        rec["notes"].append(f"No recommended size: the loss law is not determined ({why}).")
     else:
         why = section(fit, "skipped").get("loss_law") or "no loss law in fit.json"
         rec["notes"].append(f"No compute-optimal size (loss law not fitted: {why}).")
@@ -368,7 +387,11 @@ def metric_laws_table(fit: dict) -> tuple[list[str], list[list[str]]]:
         for cur, entry in section(law, "by_curation").items():
             slope = section(entry, "linear").get("slope") if isinstance(entry, dict) else None
             by_cur.append(f"{cur} {fmt(slope)}" if finite(slope) else f"{cur} skipped")
-        sat_text = f"skipped: {sat['skipped']}" if "skipped" in sat else fmt(sat.get("m_inf"))
+        sat_text = fmt(sat.get("m_inf"))
+        if "skipped" in sat:
+            sat_text = f"skipped: {sat['skipped']}"
+        elif sat.get("determined") is False:
+            sat_text = "not determined: " + "; ".join(map(str, sat.get("not_determined") or []))
         rows.append(
             [
                 metric,
@@ -382,6 +405,52 @@ def metric_laws_table(fit: dict) -> tuple[list[str], list[list[str]]]:
             ]
         )
     return header, rows
+
+
+def isoflop_table(fit: dict) -> tuple[list[str], list[list[str]]]:
+    """(header, rows): one row per IsoFLOP budget of fit.json, with its loss-minimising
+    size N* and 95% interval, or why it is not determined."""
+    header = [
+        "budget (FLOPs)",
+        "runs",
+        "sizes",
+        "N*",
+        "95% bootstrap CI",
+        "resamples with an interior N*",
+    ]
+    rows = []
+    for b in section(fit, "isoflop").get("budgets") or []:
+        if not isinstance(b, dict):
+            continue
+        n_opt = fmt(b.get("n_opt")) if b.get("determined") else f"not determined: {b.get('reason')}"
+        rows.append(
+            [
+                fmt(b.get("flops")),
+                fmt(b.get("n_runs")),
+                ", ".join(fmt(n) for n in b.get("sizes") or []) or DASH,
+                n_opt,
+                fmt_ci(b.get("n_opt_ci")),
+                fmt(b.get("n_kept")),
+            ]
+        )
+    return header, rows
+
+
+def isoflop_text(fit: dict) -> str:
+    """One sentence on N* ∝ C^a from the IsoFLOP profiles, beside approach 3's exponent."""
+    iso, co = section(fit, "isoflop"), section(fit, "compute_optimal")
+    if not iso.get("determined"):
+        return f"IsoFLOP exponent not determined: {iso.get('reason') or 'no IsoFLOP section'}."
+    interval = fmt_ci(iso.get("n_exponent_ci"))
+    extra = f" (95% CI {interval})" if interval != DASH else ""
+    text = (
+        f"IsoFLOP profiles (approach 2): the loss-minimising size grows as N* ∝ "
+        f"C^{fmt(iso['n_exponent'])}{extra} over "
+        f"{sum(bool(b.get('determined')) for b in iso.get('budgets') or [])} budgets"
+    )
+    if finite(co.get("n_exponent")):
+        text += f"; the loss law (approach 3) gives C^{fmt(co['n_exponent'])}"
+    return text + "."
 
 
 def runs_table(runs: pd.DataFrame, metrics: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
@@ -452,7 +521,16 @@ def build(ladder, runs, metrics, fit, figures, rec, lines) -> list[tuple]:
         blocks.append(("figure", path, caption(path.stem, fit)))
     blocks.append(("h2", "Loss law"))
     law = section(fit, "loss_law")
-    if plots.has_loss_law(fit):
+    if plots.loss_law_not_determined(fit):
+        why = "; ".join(plots.loss_law_not_determined(fit))
+        blocks.append(
+            (
+                "p",
+                f"Loss law not determined: {why}. No law, compute-optimal "
+                "exponents or recommended size are drawn from it.",
+            )
+        )
+    elif plots.has_loss_law(fit):
         blocks.append(
             (
                 "p",
@@ -475,6 +553,11 @@ def build(ladder, runs, metrics, fit, figures, rec, lines) -> list[tuple]:
                 f"(95% CI {fmt_ci(ci(co, 'd_exponent'))}), with C = {fmt(plots.compute_k(fit, runs))} N D.",
             )
         )
+    blocks.append(("h2", "IsoFLOP profiles"))
+    blocks.append(("p", isoflop_text(fit)))
+    header, rows = isoflop_table(fit)
+    if rows:
+        blocks.append(("table", header, rows, "isoflop"))
     blocks.append(("h2", "Metric laws"))
     header, rows = metric_laws_table(fit)
     if rows:

@@ -149,11 +149,14 @@ def cmd_fit(a) -> int:
 
     f = fit(a.runs, a.metrics, a.out, bootstrap=a.bootstrap, seed=a.seed, figures=True)
     law = f["loss_law"]
-    print(
-        f"loss law L = {law['E']:.3g} + {law['A']:.3g}/N^{law['alpha']:.3f} + "
-        f"{law['B']:.3g}/D^{law['beta']:.3f} over {law['n_runs']} runs; "
-        f"N_opt ~ C^{f['compute_optimal']['n_exponent']:.2f}"
-    )
+    if law.get("determined") is False:
+        print(f"loss law not determined: {'; '.join(law['not_determined'])}")
+    else:
+        print(
+            f"loss law L = {law['E']:.3g} + {law['A']:.3g}/N^{law['alpha']:.3f} + "
+            f"{law['B']:.3g}/D^{law['beta']:.3f} over {law['n_runs']} runs; "
+            f"N_opt ~ C^{f['compute_optimal']['n_exponent']:.2f}"
+        )
     for m, law in f.get("metric_laws", {}).items():
         lin = law["linear"]
         lo, hi = lin["ci"]["slope"]

@@ -13,6 +13,7 @@ import pytest
 from analysis import fit as F
 from analysis import laws
 from scaling.errors import InputError
+from tests.conftest import run_cli
 
 TRUTH = {"E": 1.7, "A": 400.0, "B": 150.0, "alpha": 0.36, "beta": 0.26}
 LAW = laws.LossLaw(**TRUTH)
@@ -50,29 +51,34 @@ def planted_block(i: int, depth: int = 4) -> int:
     return 1 + (i * 7) % depth
 
 
-def make_tables(seed: int = 0, noise: float = 0.002, random_slope: float = 0.03):
+def make_tables(
+    seed: int = 0, noise: float = 0.002, random_slope: float = 0.03, trunk_sd: float = 0.0
+):
     """Runs (2 curations x 4 sizes x 4 crop counts, plus 2 baselines) and metrics.
 
     Each run has a planted best block where the *_val probes peak; other blocks score
     0.05 lower per block of distance. recall_complex follows ``recall`` for phenoprints
-    and the same law shifted by 4x compute for random (slope ``random_slope``);
-    probe_pathway follows ``pathway``; rare_metric exists for 2 runs only.
+    and the same law shifted by 4x compute for random (slope ``random_slope``), plus a
+    random offset (sd ``trunk_sd``) shared by the runs of a WSD trunk (one trunk per
+    curation and size, ``wsd_trunk``); probe_pathway follows ``pathway``; rare_metric
+    exists for 2 runs only.
     """
     rng = np.random.default_rng(seed)
     runs, rows = [], []
     i = 0
     for cur in ("phenoprints", "random"):
         for name, n in SIZES.items():
+            trunk, offset = f"{cur}-{name}", rng.normal(0.0, trunk_sd)
             for d in CROPS:
                 rid = f"{cur}-{name}-{int(d)}"
                 C = K_FLOPS * n * d
                 x = np.log10(C)
                 loss = float(LAW(n, d) * np.exp(rng.normal(0.0, 0.01)))
-                runs.append((rid, name, int(n), cur, int(d), C, loss, "mae", 4))
+                runs.append((rid, name, int(n), cur, int(d), C, loss, "mae", 4, trunk))
                 if cur == "phenoprints":
-                    rc = recall(x)
+                    rc = recall(x) + offset
                 else:
-                    rc = recall(x - SHIFT) + (random_slope - 0.03) * (x - 12.0)
+                    rc = recall(x - SHIFT) + (random_slope - 0.03) * (x - 12.0) + offset
                 targets = {"recall_complex": rc, "probe_pathway": pathway(x)}
                 best = planted_block(i)
                 for b in range(1, 5):
@@ -86,10 +92,19 @@ def make_tables(seed: int = 0, noise: float = 0.002, random_slope: float = 0.03)
                     rows.append((rid, best, "rare_metric", 0.5))
                 i += 1
     for rid in ("random-init", "pixel-pca"):
-        runs.append((rid, rid, 0, "none", 0, 0.0, np.nan, "baseline", 1))
+        runs.append((rid, rid, 0, "none", 0, 0.0, np.nan, "baseline", 1, None))
         rows.append((rid, 0, "recall_complex", 0.11))
-    cols = ["run_id", "model", "params", "curation", "crops_seen", "flops", "loss", "kind", "depth"]
+    cols = [*F.RUNS_COLUMNS, "kind", "depth", "wsd_trunk"]
     return pd.DataFrame(runs, columns=cols), pd.DataFrame(rows, columns=F.METRICS_COLUMNS)
+
+
+def flat_in_n(runs: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """``runs`` with a loss that does not depend on N (alpha = 0): 1.7 + 150 / D^0.26."""
+    out = runs.copy()
+    mae = out["kind"] == "mae"
+    noise = np.exp(np.random.default_rng(seed).normal(0.0, 0.003, int(mae.sum())))
+    out.loc[mae, "loss"] = (1.7 + 150.0 / out.loc[mae, "crops_seen"] ** 0.26) * noise
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -301,6 +316,54 @@ def test_multiplier_formula_on_exact_laws():
     assert laws.effective_compute_multiplier(ref, other, 1e12) == pytest.approx(4.0)
 
 
+# -------------------------------------------------------- trunks, not determined
+
+
+def test_trunk_groups_fall_back_to_the_run_where_the_trunk_is_missing():
+    runs = pd.DataFrame({"run_id": list("abcde"), "wsd_trunk": ["t", None, np.nan, " ", "t"]})
+    assert F.trunk_groups(runs).tolist() == ["t", "b", "c", "d", "t"]
+    assert F.trunk_groups(runs.drop(columns="wsd_trunk")).tolist() == list("abcde")
+
+
+def test_metric_intervals_resample_wsd_trunks():
+    runs, metrics = make_tables(trunk_sd=0.05)  # runs of a trunk share a metric offset
+    clustered = F.fit_tables(runs, metrics, bootstrap=50, seed=0)
+    naive = F.fit_tables(runs.drop(columns="wsd_trunk"), metrics, bootstrap=50, seed=0)
+
+    def width(out):
+        return np.diff(out["metric_laws"]["recall_complex"]["linear"]["ci"]["slope"])[0]
+
+    assert width(clustered) > 1.15 * width(naive)
+    assert (
+        clustered["curation"]["recall_complex"]["ci"] != naive["curation"]["recall_complex"]["ci"]
+    )
+    law = clustered["metric_laws"]["recall_complex"]
+    assert law["linear"]["determined"] is True and law["linear"]["not_determined"] == []
+    assert len(law["by_curation"]["random"]["linear"]["samples"]) == 50
+
+
+def test_fitted_fixture_is_determined_and_marks_saturating_bounds(fitted):
+    assert fitted["loss_law"]["determined"] is True and fitted["loss_law"]["not_determined"] == []
+    assert fitted["compute_optimal"]["reason"] is None
+    bent = fitted["metric_laws"]["probe_pathway"]["saturating"]
+    assert bent["determined"] is True and bent["not_determined"] == []
+    straight = fitted["metric_laws"]["recall_complex"]["saturating"]  # linear in log C
+    assert straight["determined"] is False and straight["not_determined"][0].startswith("gamma")
+
+
+def test_isoflop_section_finds_the_interior_minima(fitted):
+    iso = fitted["isoflop"]
+    flops = sorted({K_FLOPS * n * d for n in SIZES.values() for d in CROPS})
+    assert [b["flops"] for b in iso["budgets"]] == pytest.approx(flops)
+    for b in iso["budgets"]:
+        assert set(b) >= {"flops", "n_runs", "sizes", "n_opt", "n_opt_ci", "determined", "reason"}
+        if len(b["sizes"]) < 3:
+            assert not b["determined"] and "distinct model sizes" in b["reason"]
+        if b["determined"]:
+            assert min(b["sizes"]) < b["n_opt"] < max(b["sizes"]) and b["reason"] is None
+    assert iso["determined"] and 0.0 < iso["n_exponent"] < 1.0
+
+
 # ------------------------------------------------------------- refused input, skips
 
 
@@ -378,6 +441,41 @@ def test_fit_writes_contract_json(tables, tmp_path):
     assert data["inputs"]["sizes"] == list(SIZES)
     assert data["inputs"]["runs"] == 32 and data["inputs"]["bootstrap"] == 20
     assert data["compute_optimal"]["k"] == pytest.approx(K_FLOPS)
+
+
+def test_fit_without_metrics_draws_the_loss_figures(tables, tmp_path):
+    runs, _ = tables
+    runs.to_parquet(tmp_path / "runs.parquet")
+    out = F.fit(tmp_path / "runs.parquet", None, tmp_path / "fit", bootstrap=10, figures=True)
+    assert out["metric_laws"] == {} and out["loss_law"]["determined"] is True
+    names = {p.name for p in (tmp_path / "fit" / "figures").iterdir()}
+    assert {"loss_vs_compute.png", "loss_vs_compute.svg", "isoflop.png", "holdout.png"} <= names
+    assert not any(n.startswith(("metric", "best_block", "block_heatmap")) for n in names)
+    svg = (tmp_path / "fit" / "figures" / "loss_vs_compute.svg").read_text()
+    assert "loss law L(N, D) per size" in svg
+
+
+def test_fit_cli_runs_only_with_an_undetermined_law(tables, tmp_path):
+    runs, _ = tables
+    flat_in_n(runs).to_parquet(tmp_path / "runs.parquet")
+    rc, stdout, stderr = run_cli(
+        "fit", "--runs", tmp_path / "runs.parquet", "--out", tmp_path / "fit", "--bootstrap", "10"
+    )
+    assert rc == 0, stderr
+    assert "loss law not determined: alpha" in stdout and "N_opt" not in stdout
+    data = json.loads((tmp_path / "fit" / "fit.json").read_text())
+    law = data["loss_law"]
+    assert law["determined"] is False
+    assert any(r.startswith("alpha") for r in law["not_determined"]), law["not_determined"]
+    co = data["compute_optimal"]
+    assert co["n_exponent"] is None and co["d_exponent"] is None
+    assert co["ci"] == {"n_exponent": None, "d_exponent": None} and "alpha" in co["reason"]
+    rec = F.recommend(data, 1e14)  # no size, no loss prediction: a note, not an error
+    assert rec["params"] is None and rec["crops"] is None and rec["predicted_loss"] is None
+    assert "loss law not determined: alpha" in rec["note"]
+    figures = tmp_path / "fit" / "figures"
+    svg = (figures / "loss_vs_compute.svg").read_text()
+    assert (figures / "loss_vs_compute.png").is_file() and "loss law L(N, D)" not in svg
 
 
 def test_recommend_from_fit_json(fitted):

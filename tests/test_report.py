@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from analysis import laws as L
 from analysis.plots import best_blocks, plot_all
 from analysis.report import (
     findings,
@@ -187,6 +188,7 @@ def planted_fit(runs: pd.DataFrame) -> dict:
             "ci": {"n_exponent": [0.4, 0.52], "d_exponent": [0.48, 0.6]},
             "k": K,
         },
+        "isoflop": L.isoflop(mae["params"], mae["flops"], mae["loss"], n_boot=100, seed=0),
         "metric_laws": laws,
         "frontier": {
             "loss": [[r.flops, r.loss, r.run_id] for r in mae.sort_values("flops").itertuples()]
@@ -239,6 +241,7 @@ def test_figures_exist_as_png_and_svg(full):
         "best_block_vs_size",
         "block_heatmap_recall_complex",
         "holdout",
+        "isoflop",
     } <= names
     for path in out["figures"]:
         assert path.is_file(), path
@@ -316,6 +319,40 @@ def test_findings_and_best_block(full):
     page = out["html"].read_text()
     assert all(line.split("(")[0].strip() in page for line in lines)
     assert "consistency_ks saturating law: gamma at its bound" in page
+
+
+def test_isoflop_table_sentence_and_figure(full):
+    ladder, out = full
+    iso = json.loads((ladder / "fit" / "fit.json").read_text())["isoflop"]
+    assert iso["determined"] and all(b["determined"] for b in iso["budgets"])
+    page = out["html"].read_text()
+    table = re.search(r'<table id="isoflop">(.*?)</table>', page, re.S).group(1)
+    assert table.split("<tbody>")[1].count("<tr>") == len(BUDGETS)
+    for b in iso["budgets"]:
+        assert f"<td>{b['n_opt']:.3g}</td>" in table
+    assert f"N* ∝ C^{iso['n_exponent']:.3g}" in page
+    svg = (ladder / "report" / "figures" / "isoflop.svg").read_text()
+    assert svg.count("N* = ") == len(BUDGETS)
+
+
+def test_undetermined_loss_law_is_reported_and_not_drawn(tmp_path):
+    runs, _ = planted_tables()
+    fit = planted_fit(runs)
+    why = "alpha = 0 (95% CI 0 to 0.004) touches its search bound 0 of [0, 5]"
+    fit["loss_law"].update(determined=False, not_determined=[why])
+    fit["compute_optimal"].update(
+        n_exponent=None, d_exponent=None, ci={"n_exponent": None, "d_exponent": None}
+    )
+    out = report(write_ladder(tmp_path / "ladder", fit))
+    page = out["html"].read_text()
+    assert f"Loss law not determined: {why}" in page
+    assert "N_opt" not in page and "Compute-optimal allocation" not in page
+    assert 'id="loss-law"' not in page
+    rec = out["recommendation"]
+    assert "n_opt" not in rec and any("not determined" in n for n in rec["notes"])
+    svg = (tmp_path / "ladder" / "report" / "figures" / "loss_vs_compute.svg").read_text()
+    assert "loss law L(N, D) per size" not in svg and "frontier" in svg  # points, no law
+    assert "No loss-law curves: the law is not determined" in page
 
 
 def test_missing_fit_json_names_file(tmp_path):
