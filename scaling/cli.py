@@ -158,11 +158,12 @@ def cmd_fit(a) -> int:
             f"N_opt ~ C^{f['compute_optimal']['n_exponent']:.2f}"
         )
     for m, law in f.get("metric_laws", {}).items():
-        lin = law["linear"]
-        lo, hi = lin["ci"]["slope"]
+        lin, held = law["linear"], law["holdout_error"]
+        ci = lin["ci"]["slope"]
         print(
-            f"  {m}: {lin['slope']:+.4f} per decade of compute [{lo:+.4f}, {hi:+.4f}], "
-            f"held-out error {law['holdout_error']:.4f}"
+            f"  {m}: {lin['slope']:+.4f} per decade of compute "
+            + (f"[{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "(no interval)")
+            + (f", held-out error {held:.4f}" if held is not None else ", no held-out runs")
         )
     for name, why in f.get("skipped", {}).items():
         print(f"  skipped {name}: {why}")
@@ -258,7 +259,7 @@ def cmd_demo(a) -> int:
     from scaling.demo import demo
 
     r = demo(a.out, preset=a.preset, config=a.config, overrides=a.overrides)
-    return 0 if all(holds for _, holds in r["checks"]) else 1
+    return 0 if all(holds is not False for _, holds in r["checks"]) else 1
 
 
 def parser() -> argparse.ArgumentParser:

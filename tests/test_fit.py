@@ -492,3 +492,23 @@ def test_recommend_from_fit_json(fitted):
     assert rec["nearest_size"] in SIZES
     with pytest.raises(InputError, match="budget_flops"):
         F.recommend(fitted, -1.0)
+
+
+def test_fit_cli_without_bootstrap_prints_laws_without_intervals(tables, tmp_path):
+    """``--bootstrap 0``: no interval anywhere, and the console says so instead of crashing."""
+    runs, metrics = tables
+    runs.to_parquet(tmp_path / "runs.parquet")
+    metrics.to_parquet(tmp_path / "metrics.parquet")
+    rc, stdout, stderr = run_cli(
+        "fit",
+        "--runs",
+        tmp_path / "runs.parquet",
+        "--metrics",
+        tmp_path / "metrics.parquet",
+        "--out",
+        tmp_path / "fit",
+        "--bootstrap",
+        "0",
+    )
+    assert rc == 0, stderr
+    assert "recall_complex: +" in stdout and "(no interval)" in stdout
