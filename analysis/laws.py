@@ -44,6 +44,8 @@ MIN_SATURATING_RUNS, MIN_SATURATING_COMPUTES = 5, 3
 HOLDOUT_FRACTION = 0.2  # held-out runs: top 20% of the log10-compute range
 BOUND_RTOL = 1e-3  # "touches a bound": within this share of the search range of it
 BUDGET_RTOL = 0.05  # runs whose FLOPs lie within 5% of each other share a budget
+# ... and so count as one compute where a metric law needs distinct computes (log10 C)
+COMPUTE_TOL = float(np.log10(1 + BUDGET_RTOL))
 MIN_ISOFLOP_SIZES = 3  # distinct model sizes a budget needs for its parabola
 
 # Epoch AI's grid of starts (a, b, e, alpha, beta); all of it is screened by objective
@@ -89,23 +91,24 @@ def _same_length(**arrays: np.ndarray) -> None:
         raise InputError(f"arrays differ in length: {sizes}")
 
 
-def _n_distinct_rows(x: np.ndarray) -> np.ndarray:
-    """Distinct values in each row of x (B, n) up to float noise (relative 1e-9, or
-    absolute 1e-9 below 1); shape (B,)."""
+def _n_distinct_rows(x: np.ndarray, tol: float | None = None) -> np.ndarray:
+    """Distinct values in each row of x (B, n): sorted neighbours more than ``tol`` apart
+    (default: float noise, relative 1e-9 or absolute 1e-9 below 1); shape (B,)."""
     s = np.sort(x, axis=1)
-    tol = 1e-9 * np.maximum(np.abs(s[:, 1:]), 1.0)
+    if tol is None:
+        tol = 1e-9 * np.maximum(np.abs(s[:, 1:]), 1.0)
     return 1 + (np.diff(s, axis=1) > tol).sum(axis=1)
 
 
-def _n_distinct(x: np.ndarray) -> int:
-    """Distinct values of x (n,) up to float noise, as ``_n_distinct_rows``."""
-    return int(_n_distinct_rows(x[None, :])[0]) if x.size else 0
+def _n_distinct(x: np.ndarray, tol: float | None = None) -> int:
+    """Distinct values of x (n,), as ``_n_distinct_rows``."""
+    return int(_n_distinct_rows(x[None, :], tol)[0]) if x.size else 0
 
 
-def _n_distinct_drawn(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+def _n_distinct_drawn(x: np.ndarray, w: np.ndarray, tol: float | None = None) -> np.ndarray:
     """Distinct values of x (n,) or (B, n) among the runs drawn in each row of the counts
     w (B, n) (``cluster_resamples``), as ``_n_distinct_rows``; shape (B,)."""
-    return _n_distinct_rows(np.where(w > 0, x, np.nan))
+    return _n_distinct_rows(np.where(w > 0, x, np.nan), tol)
 
 
 def check_groups(groups, n: int) -> np.ndarray:
@@ -634,9 +637,10 @@ def _check_metric_inputs(law: str, C, m, runs: int, computes: int):
     computes. Returns (log10 C, m), shape (n_runs,) each."""
     x, m = _log10_compute(C), check_finite("metric value", m)
     _same_length(C=x, m=m)
-    if x.size < runs or _n_distinct(x) < computes:
+    if x.size < runs or _n_distinct(x, COMPUTE_TOL) < computes:
         raise InputError(
-            f"{law} law: {x.size} runs at {_n_distinct(x)} distinct computes, needs at least "
+            f"{law} law: {x.size} runs at {_n_distinct(x, COMPUTE_TOL)} distinct computes "
+            f"(within {BUDGET_RTOL:.0%} is one), needs at least "
             f"{runs} runs at {computes} distinct computes"
         )
     return x, m
@@ -655,7 +659,7 @@ def linear_batch(x: np.ndarray, m: np.ndarray, w: np.ndarray) -> tuple[np.ndarra
     xm, mm = _weighted_mean(x, w)[:, None], _weighted_mean(m, w)[:, None]
     xc = x - xm
     sxx = (w * xc * xc).sum(axis=1)
-    ok = _n_distinct_drawn(x, w) >= MIN_LINEAR_COMPUTES
+    ok = _n_distinct_drawn(x, w, COMPUTE_TOL) >= MIN_LINEAR_COMPUTES
     with np.errstate(invalid="ignore", divide="ignore"):
         slope = np.where(ok, (w * xc * (m - mm)).sum(axis=1) / sxx, np.nan)
     return mm[:, 0] - slope * xm[:, 0], slope
@@ -795,7 +799,7 @@ def saturating_samples(C, m, n_boot: int = 200, seed=0, groups=None) -> np.ndarr
     are dropped."""
     x, m = check_saturating_inputs(C, m)
     w = cluster_resamples(check_groups(groups, x.size), n_boot, seed)
-    w = w[_n_distinct_drawn(x, w) >= MIN_SATURATING_COMPUTES]
+    w = w[_n_distinct_drawn(x, w, COMPUTE_TOL) >= MIN_SATURATING_COMPUTES]
     out = np.empty((0, 3))
     if w.shape[0]:
         m_inf, gap, gamma, xc = _saturating_batch(x, m, w)
@@ -830,7 +834,7 @@ def holdout_mask(C, can_fit: Callable[[np.ndarray], bool]) -> np.ndarray | None:
     x = _log10_compute(C)
     top = x.max()
     cut = top - HOLDOUT_FRACTION * (top - x.min())
-    for held in (x >= cut - 1e-12, x >= top - 1e-9 * max(abs(top), 1.0)):
+    for held in (x >= cut - 1e-12, x >= top - COMPUTE_TOL):
         if held.any() and (~held).any() and can_fit(~held):
             return held
     return None

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from analysis import laws
+from scaling.errors import InputError
 
 WELL_POSED = laws.LossLaw(E=1.0, A=400.0, B=400.0, alpha=0.35, beta=0.3)
 K = 6.0  # C = K N D
@@ -214,3 +215,24 @@ def test_isoflop_minimum_at_the_edge_is_not_determined():
     assert not out["determined"] and out["n_exponent"] is None
     few = laws.isoflop(N[:4], C[:4], L[:4], n_boot=10, seed=0)["budgets"][0]
     assert not few["determined"] and "2 distinct model sizes" in few["reason"]
+
+
+def test_runs_within_five_percent_of_flops_count_as_one_compute():
+    """A ladder's runs at one budget spend slightly different FLOPs (whole steps): two
+    budgets are two computes, so holding out the top one leaves nothing to fit a line
+    through, and no held-out error is made up by extrapolating from FLOP jitter."""
+    C = np.array([4.98e11, 4.99e11, 5.0e11, 4.99e12, 5.0e12, 5.01e12])
+    m = np.array([0.20, 0.22, 0.21, 0.30, 0.29, 0.31])
+    with pytest.raises(InputError, match="at 1 distinct computes"):
+        laws.check_linear_inputs(C[:3], m[:3])
+    assert laws.check_linear_inputs(C, m)  # two computes: a line
+    held = laws.holdout_mask(C, lambda tr: _can_fit_linear(C[tr], m[tr]))
+    assert held is None
+
+
+def _can_fit_linear(C, m) -> bool:
+    try:
+        laws.check_linear_inputs(C, m)
+    except InputError:
+        return False
+    return True
