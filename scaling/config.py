@@ -230,6 +230,7 @@ class LadderConfig:
     budgets: list[float] = field(default_factory=list)
     budget_unit: Literal["flops", "crops"] = "flops"
     lr: dict = field(default_factory=dict)
+    batch_size: dict = field(default_factory=dict)  # size -> data.batch_size for its runs
     best: dict = field(default_factory=dict)
     lr_rule: Literal["constant", "inverse-width"] = "constant"
     lr_ref_width: int = 64
@@ -260,10 +261,13 @@ class LadderConfig:
         for b in self.budgets:
             if not b > 0:
                 raise InputError(f"ladder.budgets: {b!r} is not a positive number")
-        for key in ("lr", "best"):
+        for key in ("lr", "batch_size", "best"):
             for s in getattr(self, key):
                 if s not in self.sizes:
                     raise InputError(f"ladder.{key}.{s}: not one of ladder.sizes")
+        for s, b in self.batch_size.items():
+            if not isinstance(b, int) or isinstance(b, bool) or b < 1:
+                raise InputError(f"ladder.batch_size.{s}: {b!r} is not a positive integer")
         for s, path in self.best.items():
             if not Path(path).is_file():
                 raise InputError(f"ladder.best.{s}: no file {path}")

@@ -57,6 +57,14 @@ def test_learning_rate_rules(tmp_path):
             assert p.cfg["train"]["lr"] == 0.005 and p.cfg["model"]["mask_ratio"] == 0.75
 
 
+def test_batch_size_per_size_sets_the_runs_batch_and_steps(tmp_path):
+    cfg = load_config(TINY, ["ladder.batch_size={cpu-s: 8}"])
+    for p in plan_runs(cfg, tmp_path, CURATIONS):
+        batch = 8 if p.size == "cpu-s" else cfg.data.batch_size
+        assert p.cfg["data"]["batch_size"] == batch
+        assert p.cfg["train"]["steps"] == round(p.budget / (train_flops(SIZES[p.size], 64) * batch))
+
+
 def test_budget_below_min_steps_is_refused(tmp_path):
     cfg = load_config(TINY, ["ladder.budgets=[1.0e+9]"])
     with pytest.raises(InputError, match="ladder.budgets"):
@@ -72,6 +80,7 @@ def test_budget_below_min_steps_is_refused(tmp_path):
         ("ladder.budgets=[]", "ladder.budgets"),
         ("ladder.budgets=[1.0e+3]", "ladder.budgets"),
         ("ladder.lr={cpu-l: 0.1}", "ladder.lr.cpu-l"),
+        ("ladder.batch_size={cpu-s: 0}", "ladder.batch_size.cpu-s"),
     ],
 )
 def test_bad_ladder_config_exits_2_before_ray(tmp_path, override, key):

@@ -56,10 +56,12 @@ def step_cost(cfg: Config, size: str) -> float:
 
 
 def size_values(cfg: Config, size: str) -> dict:
-    """The dotted keys that differ per size: the name, and the learning rate (and the other
-    tuned keys of a sweep's best.yaml)."""
+    """The dotted keys that differ per size: the name, the batch size (``ladder.batch_size``)
+    and the learning rate (and the other tuned keys of a sweep's best.yaml)."""
     ld = cfg.ladder
     values: dict = {"model.name": size}
+    if size in ld.batch_size:
+        values["data.batch_size"] = ld.batch_size[size]
     if size in ld.best:
         best = yaml.safe_load(Path(ld.best[size]).read_text()) or {}
         for key in BEST_KEYS:
