@@ -119,13 +119,14 @@ def baseline_gap(runs, recall) -> str:
 
 
 def curation_multiplier(fit: dict) -> str:
-    """(e) phenoprints vs random: the effective-compute multiplier and its interval."""
+    """(e) phenoprints vs random: the effective-compute multiplier (how many times the
+    compute random data needs to reach the phenoprints metric) and its interval."""
     cur = fit.get("curation", {}).get(HEADLINE) or {}
     if cur.get("multiplier") is None:
         return f"curation multiplier: not determined ({cur.get('reason') or 'no law'})"
     return (
-        f"{cur['other']} curation is worth {cur['multiplier']:.2g}x the training compute of "
-        f"{cur['reference']} for complex recall, 95% trunk-clustered interval "
+        f"{cur['reference']} curation is worth {cur['multiplier']:.2g}x the training compute "
+        f"of {cur['other']} for complex recall, 95% trunk-clustered interval "
         f"{fmt_ci(cur['ci'], 2)} at {cur['at_flops']:.2g} FLOPs"
     )
 

@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -136,6 +137,35 @@ def test_handcrafted_respects_a_curation(tiny_world, tiny_features, tmp_path):
     w2, X2 = handcrafted_wells(open_dataset(cur), progress=False)  # an open Dataset too
     assert w2[KEYS].equals(chosen.reset_index(drop=True))
     assert np.allclose(X2, X[::5])
+
+
+def test_handcrafted_features_are_remembered_per_dataset_and_selection(
+    tiny_world, tiny_features, tmp_path
+):
+    """A ladder's phenoprints curation and its baselines both need the world's features:
+    the second call returns the first's values (fresh copies, so a caller's edits do not
+    leak), while a changed shard (its size or mtime) is measured again."""
+    import shutil
+
+    from scaling.evaluate import baselines
+
+    wells, X = tiny_features
+    w2, X2 = handcrafted_wells(tiny_world, progress=False)
+    assert w2.equals(wells) and np.array_equal(X2, X)
+    X2[:] = 0
+    w2["perturbation"] = "edited"
+    w3, X3 = handcrafted_wells(tiny_world, progress=False)
+    assert np.array_equal(X3, X) and w3.equals(wells)
+    copy = tmp_path / "world"
+    shutil.copytree(tiny_world, copy)
+    handcrafted_wells(copy, progress=False)  # another folder: measured, not reused
+    (before,) = baselines._LAST_HANDCRAFTED
+    first = sorted((copy / "shards").iterdir())[0]
+    os.utime(first, ns=(0, 0))  # the shard changed (its mtime): measured again
+    w4, X4 = handcrafted_wells(copy, progress=False)
+    (after,) = baselines._LAST_HANDCRAFTED
+    assert (str(first), first.stat().st_size, 0) in after[0] and before != after
+    assert np.array_equal(X4, X)
 
 
 def test_pixel_pca_wells(tiny_world, tiny_features):

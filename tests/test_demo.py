@@ -128,7 +128,9 @@ def test_rising_check_needs_the_whole_interval_above_zero(slope, ci, holds):
 
 
 def test_curation_and_law_lines_print_intervals_or_say_not_determined():
-    assert "0.6x the training compute of phenoprints" in curation_multiplier(FIT)
+    assert "phenoprints curation is worth 0.6x the training compute of random" in (
+        curation_multiplier(FIT)
+    )
     assert "[0.2, 1.9]" in curation_multiplier(FIT)
     none = changed("curation.recall_complex.multiplier", None)
     none["curation"]["recall_complex"]["reason"] = "random slope is -0.01 <= 0"

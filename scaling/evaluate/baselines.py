@@ -20,6 +20,8 @@ experiment, plate, well, perturbation, is_control; X (n_wells, F) float32.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
@@ -255,13 +257,25 @@ def _handcrafted_shard(path: str, selected) -> tuple[pd.DataFrame, np.ndarray]:
 
 def handcrafted_wells(data, progress: bool = True) -> tuple[pd.DataFrame, np.ndarray]:
     """Hand-crafted features of every selected site of a dataset (folder, curation or open
-    ``Dataset``), averaged to wells: (wells, X (n_wells, len(FEATURE_NAMES)) float32). One Ray task per
-    shard."""
-    files, selected = _selection(data)
-    parts = parallel_map(
-        _handcrafted_shard, [(f, selected) for f in files], desc="features", progress=progress
-    )
-    return _combine(parts)
+    ``Dataset``), averaged to wells: (wells, X (n_wells, len(FEATURE_NAMES)) float32). One Ray
+    task per shard. Remembered in this process for the same shards (path, size, mtime) and
+    selection: a ladder's phenoprints curation and its baselines both need them."""
+    ds = data if isinstance(data, Dataset) else open_dataset(data)
+    keys = ds.selected_keys()
+    shards = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in map(Path, ds.files))
+    key = (shards, None if keys is None else frozenset(keys))
+    if key not in _LAST_HANDCRAFTED:
+        init_ray()
+        selected = None if keys is None else ray.put(key[1])
+        jobs = [(f, selected) for f, *_ in shards]
+        parts = parallel_map(_handcrafted_shard, jobs, desc="features", progress=progress)
+        _LAST_HANDCRAFTED.clear()  # one dataset's features at a time
+        _LAST_HANDCRAFTED[key] = _combine(parts)
+    wells, X = _LAST_HANDCRAFTED[key]
+    return wells.copy(), X.copy()
+
+
+_LAST_HANDCRAFTED: dict = {}
 
 
 def downsample(site: np.ndarray, size: int, standardize: bool = False) -> np.ndarray:

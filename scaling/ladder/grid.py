@@ -26,6 +26,7 @@ import math
 import os
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -304,7 +305,6 @@ def ladder(cfg: Config, max_runs: int | None = None, progress: bool = True, log=
     when a run failed after its retries: rerunning retries exactly those. ``max_runs``
     stops once that many runs have finished, cancelling the runs still going (a rerun
     resumes them from their checkpoints)."""
-    import ray
 
     from scaling.parallel import init_ray
     from scaling.train.pretrain import prepare_data
@@ -324,8 +324,32 @@ def ladder(cfg: Config, max_runs: int | None = None, progress: bool = True, log=
     todo = [p for p in plans if p.run_id not in states]
     log(f"ladder: {len(plans)} runs, {len(states)} already done, {len(todo)} to run")
 
-    if ld.baselines:
-        baselines(cfg, world, ladder_dir, log)
+    # the baselines are scored beside the first runs, in a thread of this process (which
+    # holds the hand-crafted features the phenoprints curation computed)
+    with ThreadPoolExecutor(1, thread_name_prefix="baselines") as pool:
+        scored = pool.submit(baselines, cfg, world, ladder_dir, log) if ld.baselines else None
+        out = run_plans(cfg, plans, todo, states, world, ladder_dir, max_runs, progress, log)
+        if scored is not None:
+            scored.result()
+    n_runs, n_metrics = tables(cfg, plans, ladder_dir)
+    log(grid_view(plans, states))
+    return {
+        "runs": len(plans),
+        **out,
+        "skipped": len(plans) - len(todo),
+        "runs_parquet": str(ladder_dir / "runs.parquet"),
+        "metrics_parquet": str(ladder_dir / "metrics.parquet"),
+        "rows": n_runs,
+        "metric_rows": n_metrics,
+    }
+
+
+def run_plans(cfg, plans, todo, states, world, ladder_dir, max_runs, progress, log) -> dict:
+    """Train and evaluate the runs of ``todo`` as Ray tasks, ``concurrency`` at a time, with
+    retries; updates ``states`` and the tables. Returns {"ran", "failed", "wall_s"}."""
+    import ray
+
+    ld = cfg.ladder
     tables(cfg, plans, ladder_dir)
     n = concurrency(cfg)
     # in local mode (train.workers 0) the task trains with ceil(cpus_per_worker) threads
@@ -381,16 +405,4 @@ def ladder(cfg: Config, max_runs: int | None = None, progress: bool = True, log=
                     ray.cancel(ref, force=True)
                     states.update({m.run_id: "stopped" for m in rest})
                 queue, running = [], {}
-    n_runs, n_metrics = tables(cfg, plans, ladder_dir)
-    log(grid_view(plans, states))
-    return {
-        "runs": len(plans),
-        "ran": ran,
-        "skipped": len(plans) - len(todo),
-        "failed": failed,
-        "wall_s": round(time.perf_counter() - t0, 1),
-        "runs_parquet": str(ladder_dir / "runs.parquet"),
-        "metrics_parquet": str(ladder_dir / "metrics.parquet"),
-        "rows": n_runs,
-        "metric_rows": n_metrics,
-    }
+    return {"ran": ran, "failed": failed, "wall_s": round(time.perf_counter() - t0, 1)}
