@@ -510,6 +510,7 @@ def build(ladder, runs, metrics, fit, figures, rec, lines) -> list[tuple]:
             f"bootstrap resamples: {fmt(inputs.get('bootstrap'))}, seed {fmt(inputs.get('seed'))}.",
         ),
         ("list", lines, "findings"),
+        *utilisation_blocks(ladder),
         ("h2", "Recommendation"),
         ("list", recommendation_text(rec), ""),
         ("h2", "Figures"),
@@ -583,6 +584,23 @@ def build(ladder, runs, metrics, fit, figures, rec, lines) -> list[tuple]:
     skipped = [f"{what}: {why}" for what, why in skipped_reasons(fit)]
     blocks.append(("list", skipped, "") if skipped else ("p", "Nothing was skipped."))
     return blocks
+
+
+def utilisation_blocks(ladder: Path) -> list[tuple]:
+    """The job's compute utilisation (ARCHITECTURE section 4) when the job that made the
+    ladder measured it (``utilisation.json``, written by ``scaling demo``)."""
+    path = ladder / "utilisation.json"
+    if not path.is_file():
+        return []
+    u = json.loads(path.read_text())
+    return [
+        (
+            "p",
+            f"Compute utilisation of the job: {fmt(u['flops'])} training FLOPs delivered in "
+            f"{u['wall_s']:.0f} s, {u['share']:.1%} of this machine's float32 GEMM peak "
+            f"({u['peak'] / 1e9:.0f} GFLOP/s), measured in the same job.",
+        )
+    ]
 
 
 # --------------------------------------------------------------------------- rendering

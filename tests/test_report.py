@@ -418,3 +418,16 @@ def test_plot_all_skips_empty_inputs(tmp_path):
     runs, metrics = planted_tables()
     assert plot_all(runs.iloc[:0], metrics.iloc[:0], {}, tmp_path) == []
     assert findings({}, runs, metrics.iloc[:0])[2].startswith("The best block could not")
+
+
+def test_report_shows_the_jobs_compute_utilisation(tmp_path):
+    """`scaling demo` writes utilisation.json beside the tables; the report quotes it, and
+    a ladder without one says nothing about utilisation."""
+    runs, _ = planted_tables()
+    ladder = write_ladder(tmp_path / "ladder", planted_fit(runs))
+    assert "utilisation" not in report(ladder)["markdown"].read_text()
+    use = {"flops": 1.23e13, "wall_s": 551.0, "peak": 1.82e11, "share": 0.1226}
+    (ladder / "utilisation.json").write_text(json.dumps(use))
+    text = report(ladder)["markdown"].read_text()
+    assert "1.23e+13 training FLOPs delivered in 551 s, 12.3% of this machine's" in text
+    assert "(182 GFLOP/s)" in text
