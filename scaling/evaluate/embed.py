@@ -25,6 +25,7 @@ import pyarrow as pa
 import ray
 import torch
 
+from scaling.capacity import Capacity, detect
 from scaling.config import Config, load_config
 from scaling.errors import InputError
 from scaling.model.mae import MAE
@@ -136,7 +137,7 @@ def embed_wells(
     keys = well_keys(pa.Table.from_pandas(wells[KEY_COLUMNS])).to_pylist()
     selected = None if ds.wells is None else keys  # a curation: read only its wells
     init_ray()
-    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    gpus = 1 if detect().gpus >= 1 else 0  # the shape's: GPU nodes may not be up yet
     tiles = ray.data.from_items(
         [{"file": str(f)} for f in ds.files], override_num_blocks=len(ds.files)
     ).map_batches(shard_tiles, batch_size=1, fn_kwargs={"crop": spec.crop, "keys": selected})
@@ -165,10 +166,9 @@ def embed_wells(
     return wells, (sums / counts[:, None, None]).transpose(1, 0, 2).astype(np.float32)
 
 
-def default_actors() -> int:
-    """One actor per GPU on a GPU cluster, else one per two CPUs of the cluster (at least 1)."""
-    from scaling.parallel import init_ray
-
-    init_ray()
-    r = ray.cluster_resources()
-    return max(1, int(r.get("GPU", 0)) or int(r.get("CPU", 2)) // 2 or 1)
+def default_actors(cap: Capacity | None = None) -> int:
+    """One actor per GPU of the cluster's shape (``scaling.capacity``), else one per two of
+    its CPUs (at least 1): GPU actors pending on a cluster scaled to 0 are the autoscaler's
+    cue to start GPU nodes."""
+    cap = cap or detect()
+    return max(1, int(cap.gpus) or int(cap.cpus) // 2 or 1)

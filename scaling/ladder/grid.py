@@ -22,7 +22,6 @@ every run, so they are complete up to the last run that finished.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 import traceback
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from scaling.capacity import Capacity, detect, run_resources
 from scaling.config import Config, apply, dump_config, to_dict
 from scaling.errors import InputError
 from scaling.ladder.plan import RunPlan, plan_runs, size_values
@@ -222,18 +222,13 @@ def baselines(cfg: Config, world: str, ladder_dir: Path, log) -> None:
     )
 
 
-def concurrency(cfg: Config) -> int:
-    """``ladder.max_concurrent``, or as many runs as the cluster holds at once: each takes
-    its workers' CPUs (or GPUs) and one Ray Data task's CPUs."""
-    import ray
-
+def concurrency(cfg: Config, cap: Capacity | None = None) -> int:
+    """``ladder.max_concurrent``, or as many runs as the cluster's shape holds at once
+    (``scaling.capacity``; default: the shape of the cluster this process drives): each
+    takes its workers' CPUs (and GPUs) and one Ray Data task's CPUs."""
     if cfg.ladder.max_concurrent:
         return cfg.ladder.max_concurrent
-    t, res = cfg.train, ray.cluster_resources()
-    n = math.floor(res.get("CPU", 1) / (t.processes * t.cpus_per_worker + cfg.data.map_cpus))
-    if t.use_gpu:
-        n = min(n, math.floor(res.get("GPU", 0) / t.workers))
-    return max(n, 1)
+    return (cap or detect()).runs_at_once(*run_resources(cfg))
 
 
 def tables(cfg: Config, plans: list[RunPlan], ladder_dir: Path) -> tuple[int, int]:

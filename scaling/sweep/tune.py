@@ -24,6 +24,7 @@ import math
 import os
 from pathlib import Path
 
+from scaling.capacity import Capacity, detect, run_resources
 from scaling.config import Config, apply, dump_config, to_dict
 from scaling.errors import InputError
 
@@ -172,8 +173,7 @@ TRIAL_CPU = 0.01  # the Tune function itself: it only drives its TorchTrainer
 
 def _trial_cpus(cfg: Config) -> float:
     """CPUs one trial needs at once: the function, its workers and one Ray Data task."""
-    t = cfg.train
-    return TRIAL_CPU + t.processes * t.cpus_per_worker + cfg.data.map_cpus
+    return run_resources(cfg, TRIAL_CPU)[0]
 
 
 def _release_callback():
@@ -226,19 +226,24 @@ def _release_callback():
     return ReleasePlacementGroups()
 
 
-def concurrency(cfg: Config) -> int:
-    """``sweep.max_concurrent``, or as many trials as the cluster holds: each takes its
-    workers' CPUs (or GPUs) and one Ray Data task's CPUs."""
-    import ray
-
+def concurrency(cfg: Config, cap: Capacity | None = None) -> int:
+    """``sweep.max_concurrent``, or as many trials as the cluster's shape holds at once
+    (``scaling.capacity``; default: the shape of the cluster this process drives): each
+    takes its workers' CPUs (and GPUs), one Ray Data task's CPUs and the Tune function's."""
     if cfg.sweep.max_concurrent:
         return cfg.sweep.max_concurrent
-    res = ray.cluster_resources()
-    n = math.floor(res.get("CPU", 1) / _trial_cpus(cfg))
-    t = cfg.train
-    if t.use_gpu:
-        n = min(n, math.floor(res.get("GPU", 0) / t.workers))
-    return max(n, 1)
+    return (cap or detect()).runs_at_once(*run_resources(cfg, TRIAL_CPU))
+
+
+def check_fits(cfg: Config, cap: Capacity) -> None:
+    """A trial's CPUs must fit in the cluster's shape: Ray Data only uses what Train and
+    Tune leave, so otherwise a read task would never start."""
+    need = _trial_cpus(cfg)
+    if need > cap.cpus + 1e-9:
+        raise InputError(
+            f"data.map_cpus: a trial needs {need:g} CPUs at once (workers, one Ray Data "
+            f"task and the Tune function) but {cap.source} has {cap.cpus:g}"
+        )
 
 
 def sweep(cfg: Config) -> dict:
@@ -257,13 +262,8 @@ def sweep(cfg: Config) -> dict:
     import ray
     import ray.tune
 
-    cpus = ray.cluster_resources().get("CPU", 0)
-    if _trial_cpus(cfg) > cpus:
-        # Ray Data only uses what Train and Tune leave: a read task would never start
-        raise InputError(
-            f"data.map_cpus: a trial needs {_trial_cpus(cfg):g} CPUs at once (workers, "
-            f"one Ray Data task and the Tune function) but the cluster has {cpus:g}"
-        )
+    cap = detect()  # the shape, not what is up now: workers may autoscale from 0
+    check_fits(cfg, cap)
     from ray.tune.logger import TBXLoggerCallback
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator
@@ -296,7 +296,7 @@ def sweep(cfg: Config) -> dict:
                     reduction_factor=s.reduction_factor,
                 ),
                 search_alg=BasicVariantGenerator(
-                    random_state=s.seed, max_concurrent=concurrency(cfg)
+                    random_state=s.seed, max_concurrent=concurrency(cfg, cap)
                 ),
             ),
             run_config=ray.tune.RunConfig(
