@@ -4,6 +4,7 @@ naming the file or key at fault), 1 otherwise."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -202,6 +203,21 @@ def cmd_sweep(a) -> int:
     return 0
 
 
+def cmd_plan(a) -> int:
+    from scaling.capacity import detect, from_launcher
+    from scaling.config import load_config
+    from scaling.estimate import Assumptions, plan, render
+
+    assumed = Assumptions(mfu=a.mfu, storage_mbps=a.storage_mbps, gpu_memory_gb=a.gpu_memory_gb)
+    # DeepSpeed's logger (imported by the checks) writes to the stdout it finds: not ours
+    with contextlib.redirect_stdout(sys.stderr):
+        cfg = load_config(a.config, a.overrides)
+        cap = from_launcher(a.cluster) if a.cluster else detect(start_ray=False)
+        p = plan(cfg, cap, assumed)
+    print(json.dumps(p) if a.json else render(p, a.config or "defaults"))
+    return 0
+
+
 def cmd_bench(a) -> int:
     from scaling.bench import run_bench
 
@@ -358,6 +374,20 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="report folder (default DIR/report)")
     s.add_argument("--budget", type=float, help="FLOPs to recommend a size and data for")
     s.set_defaults(fn=cmd_report)
+
+    s = sub.add_parser("plan", help="what a ladder or sweep will do on a cluster, no Ray")
+    _config_args(s)
+    s.add_argument("--cluster", help="a Ray cluster launcher YAML (default: this machine)")
+    s.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation (0.4)")
+    s.add_argument(
+        "--storage-mbps",
+        type=float,
+        default=1500.0,
+        help="MiB/s a node reads from storage (1500: EFS elastic throughput, per client)",
+    )
+    s.add_argument("--gpu-memory-gb", type=float, default=80.0, help="per GPU (80: H100)")
+    s.add_argument("--json", action="store_true", help="one JSON object")
+    s.set_defaults(fn=cmd_plan)
 
     s = sub.add_parser("bench", help="benchmarks, ours beside an anchor")
     s.add_argument("what", choices=["data", "model", "eval", "flops", "train"])
