@@ -45,6 +45,19 @@ def run_cli(*args, timeout=300):
     return p.returncode, p.stdout, p.stderr
 
 
+def tb_scalars(logdir) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar in a TensorBoard log folder, read with TensorBoard's own reader (all the
+    event files in it, as ``tensorboard --logdir`` reads one run): tag -> [(step, value)]."""
+    from tensorboard.backend.event_processing.event_accumulator import (
+        SCALARS,
+        EventAccumulator,
+    )
+
+    acc = EventAccumulator(str(logdir), size_guidance={SCALARS: 0})  # 0: keep every event
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()[SCALARS]}
+
+
 @pytest.fixture(scope="session")
 def smoke_run(tiny_world, tmp_path_factory):
     """A real 2-worker ZeRO-2 smoke run on the tiny world (30 steps, in-training probes

@@ -76,6 +76,35 @@ def test_sweep_trials_asha_tensorboard_best(tiny_sweep):
     assert b.train.steps == 15
 
 
+def test_sweep_tensorboard_scalars_per_trial(tiny_sweep):
+    """What ``tensorboard --logdir run.dir`` shows of a sweep, read with TensorBoard's own
+    reader: Tune's ``ray/tune/<metric>`` per trial under ``tune/`` (by report number; every
+    report), and each trial's own ``train/<metric>`` by step under ``trials/<id>/tensorboard``
+    with the same values; nothing in a TensorBoard folder shared by the trials."""
+    from tests.conftest import tb_scalars
+
+    _, _, run_dir, _ = tiny_sweep
+    assert not (run_dir / "tensorboard").exists()
+    for row in _rows(run_dir):
+        steps = list(range(5, int(row["steps"]) + 1, 5))  # val_every = log_every = 5
+        (tune_dir,) = [d for d in (run_dir / "tune").iterdir() if row["trial_id"] in d.name]
+        tune = tb_scalars(tune_dir)
+        reports = list(range(1, len(steps) + 1))
+        assert tune["ray/tune/step"] == list(zip(reports, steps, strict=True))
+        assert [n for n, _ in tune["ray/tune/val_loss"]] == reports
+        assert [n for n, _ in tune["ray/tune/loss"]] == reports
+        assert tune["ray/tune/val_loss"][-1][1] == pytest.approx(float(row["val_loss"]))
+
+        own = tb_scalars(run_dir / "trials" / row["trial_id"] / "tensorboard")
+        by_step = dict(zip(steps, (v for _, v in tune["ray/tune/val_loss"]), strict=True))
+        if int(row["steps"]) == 15:  # ran to the end: every report, the last one too
+            assert [s for s, _ in own["train/val_loss"]] == steps
+            assert [s for s, _ in own["train/lr"]] == steps
+        for s, v in own.get("train/val_loss", []):  # stopped early: up to where ASHA stopped
+            if s in by_step:
+                assert v == pytest.approx(by_step[s], rel=1e-6)
+
+
 def test_sweep_resume_keeps_finished_trials(tiny_sweep):
     from scaling.sweep.tune import sweep
 

@@ -97,6 +97,80 @@ def test_two_worker_zero2_run_learns(tiny_world, smoke_run):
     assert after < 0.95 * before
 
 
+def test_smoke_run_tensorboard_has_every_report_and_serves_it_on_localhost(smoke_run):
+    """TensorBoard's own reader finds every report of the run (the last one too) as
+    ``train/<metric>`` at its step, with the values of ``metrics.jsonl``; and the
+    ``tensorboard`` command the install provides serves them, on localhost only."""
+    import re
+    import subprocess
+    import sys
+    import threading
+    import time
+    import urllib.parse
+    import urllib.request
+
+    from scaling.train.trainer import NOT_SCALARS
+    from tests.conftest import tb_scalars
+
+    _, _, run_dir = smoke_run
+    got = tb_scalars(run_dir / "tensorboard")
+    log = (run_dir / "metrics.jsonl").read_text().splitlines()
+    reports = {m["step"]: m for m in map(json.loads, log)}
+    assert list(reports) == [5, 10, 15, 20, 25, 30]  # log_every 5, val/eval/checkpoint 15
+    for key in ("loss", "lr", "crops_seen", "flops", "crops_per_s", "tokens_per_s"):
+        assert [s for s, _ in got[f"train/{key}"]] == [5, 10, 15, 20, 25, 30], key
+    for key in ("val_loss", "probe_best_block", "probe_best_val", "probe_perturbation"):
+        assert [s for s, _ in got[f"train/{key}"]] == [15, 30], key
+    numeric = {
+        f"train/{k}"
+        for m in reports.values()
+        for k, v in m.items()
+        if isinstance(v, int | float) and k not in NOT_SCALARS
+    }
+    assert set(got) == numeric  # every numeric metric, nothing else (no branch/ on this run)
+    for tag, points in got.items():
+        for step, value in points:
+            assert value == pytest.approx(reports[step][tag.removeprefix("train/")], rel=1e-6)
+
+    exe = Path(sys.executable).parent / "tensorboard"  # what `make setup` installs
+    tb = subprocess.Popen(
+        [str(exe), "--logdir", str(run_dir), "--port", "0"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(tb.stderr), daemon=True).start()
+    try:
+        deadline, url, steps = time.time() + 60, None, None
+        while time.time() < deadline and steps is None and tb.poll() is None:
+            time.sleep(0.25)
+            found = (re.search(r"^TensorBoard \S+ at (\S+) ", ln) for ln in lines)
+            url = url or next((m[1] for m in found if m), None)
+            if url is None:
+                continue
+            query = urllib.parse.urlencode({"run": "tensorboard", "tag": "train/val_loss"})
+            try:  # the data server loads the run a moment after the page is up
+                with urllib.request.urlopen(f"{url}data/plugin/scalars/scalars?{query}") as f:
+                    steps = [s for _, s, _ in json.load(f)] or None
+            except OSError:
+                continue
+        assert steps == [15, 30], "".join(lines)
+        assert url.startswith("http://localhost:")  # not --bind_all
+        port = int(urllib.parse.urlsplit(url).port)
+        listening = [  # /proc/net/tcp{,6}: local address:port, state 0A (LISTEN)
+            row.split()[1].split(":")[0]
+            for name in ("tcp", "tcp6")
+            for row in Path(f"/proc/net/{name}").read_text().splitlines()[1:]
+            if row.split()[3] == "0A" and int(row.split()[1].split(":")[1], 16) == port
+        ]
+        loopback = {"0100007F", "0000000000000000FFFF00000100007F", "0" * 24 + "01000000"}
+        assert listening and set(listening) <= loopback, listening
+    finally:
+        tb.terminate()
+        tb.wait(timeout=30)
+
+
 def test_fault_drill_a_killed_worker_resumes_from_the_checkpoint(tiny_world, tmp_path, ray_session):
     """Kill one training worker once Ray Train has registered the first checkpoint: the group
     restarts, resumes from that checkpoint and finishes at the target step with nothing

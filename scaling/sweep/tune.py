@@ -3,9 +3,11 @@
 Every trial is a Tune *function trainable* that applies its sampled values (dotted
 configuration keys) onto the base configuration and fits the same ``TorchTrainer`` as
 ``scaling pretrain`` (same loop, same Ray Data crop stream), with Ray Train's storage under
-``run.dir/trials/<trial_id>``. ``TuneReportCallback`` forwards every Train report to Tune,
-so ASHA (``time_attr="step"``) sees the metric step by step and stops the poor trials at
-its rungs. Tune's own storage is ``run.dir/tune`` (TensorBoard event files per trial); an
+``run.dir/trials/<trial_id>``, which is also the trial's ``run.dir`` (its own TensorBoard
+files, ``train/<metric>`` by step). ``TuneReportCallback`` forwards every Train report to
+Tune, so ASHA (``time_attr="step"``) sees the metric step by step and stops the poor trials
+at its rungs. Tune's own storage is ``run.dir/tune`` (TensorBoard event files per trial,
+``ray/tune/<metric>`` by report number, written by ``TBXLoggerCallback``); an
 interrupted sweep run again with the same ``run.dir`` is restored from there and finished
 trials are not run again.
 
@@ -152,6 +154,9 @@ def _trainable(base: dict, data: str, trials_dir: str):
 
         cfg = apply(base, _values(config), "sweep.space")
         trial_id = ray.tune.get_context().get_trial_id()
+        # the trial's own files (TensorBoard, metrics.jsonl, attempts) beside its checkpoints,
+        # not in the sweep's run.dir where every trial would write into the same ones
+        cfg.run.dir = str(Path(trials_dir) / trial_id)
         trainer = build_trainer(
             cfg,
             data,

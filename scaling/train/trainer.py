@@ -76,7 +76,9 @@ class Trainer:
         if rank == 0 and self.t.tensorboard:
             from tensorboardX import SummaryWriter
 
-            self.tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+            # flush() does not wait for the writer's queue: its thread writes within 10 s
+            # and close() at the end of the run writes the last report
+            self.tb = SummaryWriter(str(self.run_dir / "tensorboard"), flush_secs=10)
 
     # --- state -----------------------------------------------------------------------------
     def restore(self, folder, restarted: bool) -> None:
@@ -246,3 +248,5 @@ class Trainer:
             if final or any(s % k == 0 for k in cadence):
                 self.report(final)
             self.maybe_start_branch()
+        if self.tb is not None:
+            self.tb.close()
