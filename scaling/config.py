@@ -113,6 +113,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     grad_accum: int = 1
     checkpoint_every: int = 50
+    checkpoint_minutes: float = 0.0  # also save at a report once this long since the last (0: off)
     keep_checkpoints: int = 2
     log_every: int = 10
     val_every: int = 50
@@ -141,6 +142,10 @@ class TrainConfig:
         ):
             if getattr(self, key) < 1:
                 raise InputError(f"train.{key}: must be positive, got {getattr(self, key)}")
+        if not self.checkpoint_minutes >= 0:
+            raise InputError(
+                f"train.checkpoint_minutes: must be >= 0, got {self.checkpoint_minutes}"
+            )
         if self.eval_every < 0 or self.eval_wells < 1:
             raise InputError("train.eval_every must be >= 0 and train.eval_wells positive")
         if self.zero_stage not in (0, 1, 2, 3):

@@ -146,3 +146,48 @@ def test_tiny_ladder_interrupted_then_resumed(tiny_ladder):
         assert sorted(blocks.unique()) == list(range(1, SIZES[r["model"]].depth + 1))
     assert set(metrics["run_id"]) == set(runs["run_id"])
     assert {"recall_complex", "consistency_ks", "probe_perturbation"} <= set(metrics["metric"])
+
+
+def test_a_ladder_run_killed_mid_way_resumes_from_its_mid_run_checkpoint(tiny_world, tmp_path):
+    """A ladder run (local mode, in its own Ray task) checkpoints every 50 of its 300 steps.
+    Its process is killed once a mid-run checkpoint exists; the ladder's retry resumes
+    from that checkpoint (not step 0), finishes at 80 steps, and its row counts the
+    restart and the steps trained twice."""
+    import threading
+
+    from scaling.ladder.grid import ladder
+    from tests.test_train import _kill_rank0_when
+
+    budget = 300 * 32 * train_flops(SIZES["cpu-xs"], 64)  # 300 steps of 32 crops
+    cfg = load_config(
+        TINY,
+        [
+            f"data.path={tiny_world}",
+            f"run.dir={tmp_path}",
+            "ladder.sizes=[cpu-xs]",
+            "ladder.curations={all: {strategy: none}}",
+            f"ladder.budgets=[{budget:.6e}]",
+            "ladder.baselines=false",
+            "train.checkpoint_every=50",
+        ],
+    )
+    (plan,) = plan_runs(cfg, tmp_path, {"all": str(tiny_world)})
+    assert plan.cfg["train"]["steps"] == 300 and plan.cfg["train"]["checkpoint_every"] == 50
+    run_dir = Path(plan.cfg["run"]["dir"])
+
+    def mid_run_checkpoint() -> bool:
+        return any((run_dir / "checkpoints").glob("step_*"))
+
+    killed = []
+    watcher = threading.Thread(
+        target=_kill_rank0_when, args=(mid_run_checkpoint, run_dir, killed), daemon=True
+    )
+    watcher.start()
+    out = ladder(cfg, progress=False, log=lambda *_: None)
+    watcher.join(timeout=1)
+    assert killed and out["failed"] == {} and out["ran"] == [plan.run_id]
+    row = json.loads((run_dir / "row.json").read_text())
+    attempts = [json.loads(x) for x in (run_dir / "attempts.jsonl").read_text().splitlines()]
+    assert row["steps"] == 300 and row["restarts"] == len(attempts) - 1 == 1
+    assert attempts[1]["resumed_step"] >= 50  # from the mid-run checkpoint, not from 0
+    assert row["repeated_steps"] == attempts[1]["reached"] - attempts[1]["resumed_step"]

@@ -176,10 +176,7 @@ def test_fault_drill_a_killed_worker_resumes_from_the_checkpoint(tiny_world, tmp
     restarts, resumes from that checkpoint and finishes at the target step with nothing
     lost or repeated. The workers read the Ray Data stream (data.source=stream), so the
     restarted group also skips the share of the stream the checkpoint had consumed."""
-    import os
-    import signal
     import threading
-    import time
 
     from scaling.train.pretrain import pretrain
 
@@ -196,25 +193,15 @@ def test_fault_drill_a_killed_worker_resumes_from_the_checkpoint(tiny_world, tmp
             "data.source=stream",
         ],
     )
+
+    def registered() -> bool:
+        snapshot = tmp_path / "ray" / "checkpoint_manager_snapshot.json"
+        return snapshot.is_file() and bool(json.loads(snapshot.read_text())["checkpoint_results"])
+
     killed = []
-
-    def kill_after_first_checkpoint():
-        deadline = time.time() + 300
-        while time.time() < deadline and not killed:
-            snapshot = tmp_path / "ray" / "checkpoint_manager_snapshot.json"
-            if snapshot.is_file() and json.loads(snapshot.read_text())["checkpoint_results"]:
-                for pid in filter(str.isdigit, os.listdir("/proc")):
-                    try:
-                        name = Path(f"/proc/{pid}/cmdline").read_bytes()
-                    except OSError:
-                        continue
-                    if name.startswith(b"ray::RayTrainWorker"):
-                        os.kill(int(pid), signal.SIGKILL)
-                        killed.append(int(pid))
-                        return
-            time.sleep(0.2)
-
-    watcher = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
+    watcher = threading.Thread(
+        target=_kill_rank0_when, args=(registered, tmp_path, killed), daemon=True
+    )
     watcher.start()
     r = pretrain(cfg)
     watcher.join(timeout=1)
@@ -297,3 +284,106 @@ def test_resume_continues_step_schedule_and_data_position(tiny_world, tmp_path, 
     assert resumed["step"] == 20 and resumed["crops_seen"] == straight["crops_seen"]
     assert resumed["lr"] == pytest.approx(straight["lr"], abs=1e-12)  # schedule position
     assert resumed["loss"] == pytest.approx(straight["loss"], rel=0.05)
+
+
+def test_record_attempt_counts_every_start_and_the_steps_repeated(tmp_path):
+    """Three starts of one run: the first from scratch; the second resumed at step 10 after
+    the first had logged step 15; the third resumed at 0 (no checkpoint registered) after
+    the second had logged 25. Restarts 2, repeated steps 5 + 25 (a brute-force count)."""
+    from scaling.train.checkpoint import record_attempt
+
+    log = tmp_path / "metrics.jsonl"
+    assert record_attempt(tmp_path, 0) == {"restarts": 0, "repeated_steps": 0}
+    rows = [{"branch": None, "step": s} for s in (5, 10, 15)] + [{"branch": 20, "step": 30}]
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows))  # a branch row is not the trunk
+    assert record_attempt(tmp_path, 10) == {"restarts": 1, "repeated_steps": 5}
+    with open(log, "a") as f:
+        f.write("".join(json.dumps({"branch": None, "step": s}) + "\n" for s in (20, 25)))
+    assert record_attempt(tmp_path, 0) == {"restarts": 2, "repeated_steps": 5 + 25}
+
+
+def _kill_rank0_when(found, run_dir: Path, killed: list, timeout: float = 300) -> None:
+    """Once ``found()``, SIGKILL the process rank 0 of the run's latest attempt runs in (its
+    ``attempts.jsonl`` line names it)."""
+    import os
+    import signal
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and not killed:
+        if found():
+            lines = (run_dir / "attempts.jsonl").read_text().splitlines()
+            pid = json.loads(lines[-1])["pid"]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+            return
+        time.sleep(0.2)
+
+
+def test_fault_drill_a_worker_killed_before_any_checkpoint_is_counted(
+    tiny_world, tmp_path, ray_session
+):
+    """No checkpoint until the end: a worker killed once rank 0 has logged step 10 makes the
+    group start again at step 0. The run still finishes, and its result counts the restart
+    and at least the 10 steps it trained twice (it used to report restarts 0)."""
+    import threading
+
+    from scaling.train.pretrain import pretrain
+
+    steps = 30
+    cfg = load_config(
+        ROOT / "jobs/configs/smoke.yaml",
+        [
+            f"data.path={tiny_world}",
+            f"run.dir={tmp_path}",
+            f"train.steps={steps}",
+            f"train.checkpoint_every={steps}",
+            f"train.val_every={steps}",
+            "train.log_every=5",
+        ],
+    )
+
+    def logged_step_10() -> bool:
+        log = tmp_path / "metrics.jsonl"
+        rows = log.read_text().splitlines() if log.is_file() else []
+        return any(json.loads(r)["step"] >= 10 for r in rows)
+
+    killed = []
+    watcher = threading.Thread(
+        target=_kill_rank0_when, args=(logged_step_10, tmp_path, killed), daemon=True
+    )
+    watcher.start()
+    r = pretrain(cfg)
+    watcher.join(timeout=1)
+    assert killed, "no training worker was found to kill"
+    assert r["step"] == steps and r["restarts"] >= 1 and r["repeated_steps"] >= 10
+    attempts = (tmp_path / "attempts.jsonl").read_text().splitlines()
+    assert len(attempts) == r["restarts"] + 1
+    assert json.loads(attempts[1])["resumed_step"] == 0  # nothing was registered to resume
+
+
+def test_checkpoints_by_minutes(tiny_world, tmp_path):
+    """``train.checkpoint_minutes``: with a tiny interval every report saves, between the
+    step cadence's checkpoints; the run resumes from the newest like any other."""
+    from scaling.train.pretrain import pretrain
+
+    steps = 20
+    cfg = load_config(
+        ROOT / "jobs/configs/smoke.yaml",
+        [
+            f"data.path={tiny_world}",
+            f"run.dir={tmp_path}",
+            "train.workers=0",
+            f"train.steps={steps}",
+            f"train.checkpoint_every={steps}",
+            "train.checkpoint_minutes=1e-6",
+            "train.keep_checkpoints=10",
+            "train.log_every=5",
+            f"train.val_every={steps}",
+        ],
+    )
+    r = pretrain(cfg)
+    saved = sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*"))
+    assert saved == [f"step_{s:06d}" for s in (5, 10, 15, 20)] and r["restarts"] == 0
+    with pytest.raises(Exception, match="checkpoint_minutes"):
+        load_config(ROOT / "jobs/configs/smoke.yaml", ["train.checkpoint_minutes=-1"])

@@ -140,6 +140,7 @@ def run_group(trunk: RunPlan, members: list[RunPlan], world: str, eval_batch_siz
         else:  # a WSD branch of the trunk, written by the training loop
             ckpt = trunk_dir / "branches" / f"step_{steps:06d}"
             acct = {**json.loads((ckpt / "state.json").read_text()), "restarts": 0}
+            acct["repeated_steps"] = 0  # the trunk's row carries its restarts
         t1 = time.perf_counter()
         summary = evaluate_models(
             {"mae": load_spec(ckpt)},
@@ -169,6 +170,7 @@ def run_group(trunk: RunPlan, members: list[RunPlan], world: str, eval_batch_siz
             "best_block": summary["best_block"],
             "recall_complex": summary.get("recall_complex", float("nan")),
             "restarts": int(acct["restarts"]),
+            "repeated_steps": int(acct.get("repeated_steps", 0)),
             "train_s": round(train_s, 1),
             "eval_s": round(time.perf_counter() - t1, 1),
             "fingerprint": m.fingerprint,

@@ -115,7 +115,8 @@ def plan_runs(cfg: Config, ladder_dir: Path, curations: dict[str, str]) -> list[
                         **values,
                         **shared,
                         "train.steps": steps,
-                        "train.checkpoint_every": steps,
+                        # mid-run checkpoints at the base cadence: a fault costs at most that
+                        "train.checkpoint_every": min(steps, cfg.train.checkpoint_every),
                         "train.keep_checkpoints": 1,
                         "train.val_every": min(cfg.train.val_every, steps),
                         "data.path": str(path),

@@ -5,7 +5,10 @@ model's float32 master weights, which ``scaling evaluate`` reads)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
+import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -57,6 +60,41 @@ def keep_newest(root: Path, keep: int) -> None:
     """Delete all but the newest ``keep`` local-mode checkpoints."""
     for old in sorted(root.glob("step_*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def agree(flag: bool, device) -> bool:
+    """Rank 0's ``flag``, the same on every rank (a broadcast; alone: the flag itself).
+    Every rank must call it at the same point."""
+    if not torch.distributed.is_initialized():
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    torch.distributed.broadcast(t, 0)
+    return bool(t.item())
+
+
+ATTEMPTS = "attempts.jsonl"
+
+
+def record_attempt(run_dir: Path, resumed_step: int) -> dict:
+    """Count one start of a run's training function in ``run_dir/attempts.jsonl`` (rank 0)
+    and return the run's restart accounting: ``restarts`` = starts - 1 (every worker-group
+    restart, a local-mode rerun after a crash, a ladder's retry), and ``repeated_steps`` =
+    steps the earlier attempts trained beyond where a later one resumed (at least: the
+    furthest trunk step in ``metrics.jsonl`` when each attempt started). Each line also
+    says when, on which host and in which process rank 0 started."""
+    reached = 0
+    log = run_dir / "metrics.jsonl"
+    if log.is_file():
+        rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        reached = max((r["step"] for r in rows if r.get("branch") is None), default=0)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    start = {"resumed_step": resumed_step, "reached": reached, "at": time.time()}
+    start.update(host=socket.gethostname(), pid=os.getpid())  # where rank 0 ran
+    with open(run_dir / ATTEMPTS, "a") as f:
+        f.write(json.dumps(start) + "\n")
+    starts = [json.loads(line) for line in (run_dir / ATTEMPTS).read_text().splitlines()]
+    repeated = sum(max(0, a["reached"] - a["resumed_step"]) for a in starts[1:])
+    return {"restarts": len(starts) - 1, "repeated_steps": repeated}
 
 
 def barrier() -> None:

@@ -36,10 +36,10 @@ def train_loop(config: dict) -> None:
     if found is None and t.workers == 0:
         local = ckpt.latest(Path(config.get("run_dir") or cfg.run.dir) / "checkpoints")
         found = ray.train.Checkpoint(str(local)) if local else None
-    restarted = found is not None
     if found is None and config.get("resume"):
         found = ray.train.Checkpoint(config["resume"])
     if found is not None:
         with found.as_directory() as d:
-            trainer.restore(d, restarted)
+            trainer.restore(d)
+    trainer.start_attempt()  # every start counts: restarts and the steps they repeated
     trainer.fit(batch_source(cfg, config, trainer.state["crops_seen"], device, world))

@@ -100,6 +100,7 @@ def build_trainer(
     from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from scaling.capacity import detect, placement_strategy
     from scaling.train.loop import train_loop
 
     ds = open_dataset(data)
@@ -132,6 +133,8 @@ def build_trainer(
             num_workers=cfg.train.workers,
             use_gpu=cfg.train.use_gpu,
             resources_per_worker={"CPU": cfg.train.cpus_per_worker} if cfg.train.workers else None,
+            # the workers in one placement group on one node where one node holds them
+            placement_strategy=placement_strategy(cfg, detect()) if cfg.train.workers else "PACK",
         ),
         datasets=datasets,
         run_config=run_config,
@@ -168,6 +171,7 @@ def pretrain(cfg: Config, resume: str | None = None) -> dict:
         "flops": m["flops"],
         "crops_seen": m["crops_seen"],
         "restarts": m["restarts"],
+        "repeated_steps": m.get("repeated_steps", 0),
         "source": trainer.train_loop_config["source"],
         "startup_s": round(m["first_step_at"] - called, 3),  # call to first optimizer step
         **{k: v for k, v in m.items() if k.startswith("probe_")},

@@ -63,7 +63,14 @@ class Trainer:
         self.config_dict = io["cfg"]
         self.val = torch.from_numpy(io["val_tiles"]).to(device)
         self.probes = io.get("probe_set")
-        self.state = {"step": 0, "crops_seen": 0, "flops": 0, "restarts": 0, "branches_done": []}
+        self.state = {
+            "step": 0,
+            "crops_seen": 0,
+            "flops": 0,
+            "restarts": 0,
+            "repeated_steps": 0,
+            "branches_done": [],
+        }
         size, crop = SIZES[cfg.model.name], cfg.data.crop
         self.flops_per_crop = train_flops(size, crop, mask_ratio=cfg.model.mask_ratio)
         self.patches = (crop // size.patch) ** 2
@@ -72,6 +79,7 @@ class Trainer:
         self.window = (time.perf_counter(), 0)
         self.branch, self.trunk, self.branches = None, None, []
         self.first_step_at = self.stepped_at = 0.0  # wall clock (time.time) of optimizer steps
+        self.saved_at = time.perf_counter()  # the last checkpoint (or the start)
         self.tb = None  # TensorBoard: `tensorboard --logdir run.dir` (a ladder: all its runs)
         if rank == 0 and self.t.tensorboard:
             from tensorboardX import SummaryWriter
@@ -81,11 +89,18 @@ class Trainer:
             self.tb = SummaryWriter(str(self.run_dir / "tensorboard"), flush_secs=10)
 
     # --- state -----------------------------------------------------------------------------
-    def restore(self, folder, restarted: bool) -> None:
+    def restore(self, folder) -> None:
         """Weights, optimizer, schedule and accounting from a checkpoint folder."""
         self.engine.load_checkpoint(str(folder), tag=ckpt.TAG)
         self.state = ckpt.read_state(folder)
-        self.state["restarts"] += int(restarted)
+
+    def start_attempt(self) -> None:
+        """Count this start of the run (rank 0): ``restarts`` and ``repeated_steps`` in the
+        accounting come from ``run.dir/attempts.jsonl`` (``checkpoint.record_attempt``), so a
+        restart before any checkpoint was registered is counted too."""
+        self.saved_at = time.perf_counter()
+        if self.rank == 0:
+            self.state.update(ckpt.record_attempt(self.run_dir, self.state["step"]))
 
     def plan_branches(self) -> None:
         done, cool = set(self.state["branches_done"]), self.t.cooldown
@@ -173,10 +188,21 @@ class Trainer:
                         f"{'branch' if self.branch else 'train'}/{key}", value, m["step"]
                     )
             self.tb.flush()
-        if final or (m["step"] % self.t.checkpoint_every == 0 and self.branch is None):
+        if final or self.checkpoint_due(m["step"]):
             self.save(m)
         else:
             ray.train.report(m)
+
+    def checkpoint_due(self, step: int) -> bool:
+        """On the trunk, every ``checkpoint_every`` steps, and (``checkpoint_minutes``) at a
+        report once that long has passed since the last save, by rank 0's clock."""
+        t = self.t
+        if self.branch is not None:
+            return False
+        if step % t.checkpoint_every == 0:
+            return True
+        late = time.perf_counter() - self.saved_at >= 60 * t.checkpoint_minutes
+        return bool(t.checkpoint_minutes) and ckpt.agree(late, self.device)
 
     def save(self, metrics: dict) -> None:
         """A checkpoint of every rank, reported to Ray Train; in local mode it stays in
@@ -196,6 +222,7 @@ class Trainer:
             d = str(Path(d).rename(root / f"step_{self.state['step']:06d}"))
             ckpt.keep_newest(root, self.t.keep_checkpoints)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        self.saved_at = time.perf_counter()
         if not local:  # Ray Train has copied it to its storage
             shutil.rmtree(d, ignore_errors=True)
 
