@@ -275,6 +275,8 @@ def cmd_demo(a) -> int:
     from scaling.demo import demo
 
     r = demo(a.out, preset=a.preset, config=a.config, overrides=a.overrides)
+    if r.get("failed"):
+        return 1
     return 0 if all(holds is not False for _, holds in r["checks"]) else 1
 
 
