@@ -47,6 +47,9 @@ BUDGET_RTOL = 0.05  # runs whose FLOPs lie within 5% of each other share a budge
 # ... and so count as one compute where a metric law needs distinct computes (log10 C)
 COMPUTE_TOL = float(np.log10(1 + BUDGET_RTOL))
 MIN_ISOFLOP_SIZES = 3  # distinct model sizes a budget needs for its parabola
+# a budget's N* is determined only when its vertex is an interior minimum in this share of
+# the resamples: else its 95% interval touches the edge of the trained sizes (section 4)
+CI_LEVEL_KEPT = 1.0 - (1.0 - CI_LEVEL) / 2
 
 # Epoch AI's grid of starts (a, b, e, alpha, beta); all of it is screened by objective
 # value and L-BFGS-B runs from the best few (section 4: "L-BFGS from a grid of starts").
@@ -520,7 +523,8 @@ def interior_vertex(coef: np.ndarray, u: np.ndarray, w: np.ndarray) -> np.ndarra
 def _budget_reason(u: np.ndarray, coef: np.ndarray, n_kept: int, n_boot: int) -> str | None:
     """Why one budget's minimum is not determined (u: (n,) log10 N of its runs, coef: (3,)
     its parabola), or None: fewer than 3 sizes, no curvature, the vertex at or outside
-    the edge of the trained sizes, or interior in fewer than half the resamples."""
+    the edge of the trained sizes, or not an interior minimum in at least 97.5% of the
+    resamples (then its 95% interval reaches an edge, as a flat profile's does)."""
     sizes = _n_distinct(u)
     if sizes < MIN_ISOFLOP_SIZES:
         return f"{sizes} distinct model sizes, needs at least {MIN_ISOFLOP_SIZES}"
@@ -532,8 +536,11 @@ def _budget_reason(u: np.ndarray, coef: np.ndarray, n_kept: int, n_boot: int) ->
             f"minimum at the edge: the vertex N = {10**v:.3g} is not inside the trained "
             f"sizes {10 ** u.min():.3g} to {10 ** u.max():.3g}"
         )
-    if 2 * n_kept < n_boot:
-        return f"the vertex is inside the trained sizes in only {n_kept} of {n_boot} resamples"
+    if n_kept < CI_LEVEL_KEPT * n_boot:  # its 95% interval would reach an edge
+        return (
+            f"its 95% interval reaches the edge: the vertex is a minimum inside the trained "
+            f"sizes in only {n_kept} of {n_boot} resamples"
+        )
     return None
 
 
@@ -543,7 +550,9 @@ def _isoflop_budget(N, L, C, w) -> tuple[dict, np.ndarray]:
     log10 N* (B,), NaN where not interior."""
     u, ones = np.log10(N), _all_once(N.size)
     coef = parabola_batch(u, L, ones)[0]
-    boot = interior_vertex(parabola_batch(u, L, w), u, w)
+    # a resample's vertex counts where it is a minimum inside the trained sizes (the search
+    # range of N*), whichever sizes that resample drew
+    boot = interior_vertex(parabola_batch(u, L, w), u, np.ones_like(w))
     n_kept = int(np.isfinite(boot).sum())
     reason = _budget_reason(u, coef, n_kept, w.shape[0])
     ci = percentile_ci(boot)
