@@ -153,10 +153,9 @@ def test_a_ladder_run_killed_mid_way_resumes_from_its_mid_run_checkpoint(tiny_wo
     Its process is killed once a mid-run checkpoint exists; the ladder's retry resumes
     from that checkpoint (not step 0), finishes at 80 steps, and its row counts the
     restart and the steps trained twice."""
-    import threading
 
     from scaling.ladder.grid import ladder
-    from tests.test_train import _kill_rank0_when
+    from tests.test_train import run_killing_rank0
 
     budget = 300 * 32 * train_flops(SIZES["cpu-xs"], 64)  # 300 steps of 32 crops
     cfg = load_config(
@@ -178,14 +177,9 @@ def test_a_ladder_run_killed_mid_way_resumes_from_its_mid_run_checkpoint(tiny_wo
     def mid_run_checkpoint() -> bool:
         return any((run_dir / "checkpoints").glob("step_*"))
 
-    killed = []
-    watcher = threading.Thread(
-        target=_kill_rank0_when, args=(mid_run_checkpoint, run_dir, killed), daemon=True
-    )
-    watcher.start()
-    out = ladder(cfg, progress=False, log=lambda *_: None)
-    watcher.join(timeout=1)
-    assert killed and out["failed"] == {} and out["ran"] == [plan.run_id]
+    run = lambda: ladder(cfg, progress=False, log=lambda *_: None)  # noqa: E731
+    out = run_killing_rank0(run, mid_run_checkpoint, run_dir)
+    assert out["failed"] == {} and out["ran"] == [plan.run_id]
     row = json.loads((run_dir / "row.json").read_text())
     attempts = [json.loads(x) for x in (run_dir / "attempts.jsonl").read_text().splitlines()]
     assert row["steps"] == 300 and row["restarts"] == len(attempts) - 1 == 1

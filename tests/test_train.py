@@ -176,7 +176,6 @@ def test_fault_drill_a_killed_worker_resumes_from_the_checkpoint(tiny_world, tmp
     restarts, resumes from that checkpoint and finishes at the target step with nothing
     lost or repeated. The workers read the Ray Data stream (data.source=stream), so the
     restarted group also skips the share of the stream the checkpoint had consumed."""
-    import threading
 
     from scaling.train.pretrain import pretrain
 
@@ -198,14 +197,7 @@ def test_fault_drill_a_killed_worker_resumes_from_the_checkpoint(tiny_world, tmp
         snapshot = tmp_path / "ray" / "checkpoint_manager_snapshot.json"
         return snapshot.is_file() and bool(json.loads(snapshot.read_text())["checkpoint_results"])
 
-    killed = []
-    watcher = threading.Thread(
-        target=_kill_rank0_when, args=(registered, tmp_path, killed), daemon=True
-    )
-    watcher.start()
-    r = pretrain(cfg)
-    watcher.join(timeout=1)
-    assert killed, "no training worker was found to kill"
+    r = run_killing_rank0(lambda: pretrain(cfg), registered, tmp_path)
     assert r["step"] == steps and r["restarts"] >= 1
     # the resumed run counts from the checkpoint: no step lost or counted twice
     assert r["crops_seen"] == steps * 16 * 2 and r["source"] == "stream"
@@ -320,13 +312,26 @@ def _kill_rank0_when(found, run_dir: Path, killed: list, timeout: float = 300) -
         time.sleep(0.2)
 
 
+def run_killing_rank0(run, found, run_dir: Path):
+    """``run()`` while a watcher SIGKILLs rank 0's process once ``found()``
+    (``_kill_rank0_when``); returns what ``run()`` returned, after checking a kill happened."""
+    import threading
+
+    killed = []
+    watcher = threading.Thread(target=_kill_rank0_when, args=(found, run_dir, killed), daemon=True)
+    watcher.start()
+    out = run()
+    watcher.join(timeout=1)
+    assert killed, "no training process was found to kill"
+    return out
+
+
 def test_fault_drill_a_worker_killed_before_any_checkpoint_is_counted(
     tiny_world, tmp_path, ray_session
 ):
     """No checkpoint until the end: a worker killed once rank 0 has logged step 10 makes the
     group start again at step 0. The run still finishes, and its result counts the restart
     and at least the 10 steps it trained twice (it used to report restarts 0)."""
-    import threading
 
     from scaling.train.pretrain import pretrain
 
@@ -348,14 +353,7 @@ def test_fault_drill_a_worker_killed_before_any_checkpoint_is_counted(
         rows = log.read_text().splitlines() if log.is_file() else []
         return any(json.loads(r)["step"] >= 10 for r in rows)
 
-    killed = []
-    watcher = threading.Thread(
-        target=_kill_rank0_when, args=(logged_step_10, tmp_path, killed), daemon=True
-    )
-    watcher.start()
-    r = pretrain(cfg)
-    watcher.join(timeout=1)
-    assert killed, "no training worker was found to kill"
+    r = run_killing_rank0(lambda: pretrain(cfg), logged_step_10, tmp_path)
     assert r["step"] == steps and r["restarts"] >= 1 and r["repeated_steps"] >= 10
     attempts = (tmp_path / "attempts.jsonl").read_text().splitlines()
     assert len(attempts) == r["restarts"] + 1
