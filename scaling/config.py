@@ -53,6 +53,9 @@ class DataConfig:
     # training process (cut per batch on its device), or memory when they fit in memory_gb
     source: Literal["auto", "stream", "memory"] = "auto"
     memory_gb: float = 4.0  # auto: the largest training set (uint8 sites) held in memory
+    # copy each shard to this node-local folder (e.g. NVMe) on its first read on a node, and
+    # read the copy from then on; None reads the shards where they are
+    stage_dir: str | None = None
 
     def validate(self) -> None:
         if self.crop < 8:
@@ -115,6 +118,9 @@ class TrainConfig:
     checkpoint_every: int = 50
     checkpoint_minutes: float = 0.0  # also save at a report once this long since the last (0: off)
     keep_checkpoints: int = 2
+    # where a worker writes a checkpoint before Ray Train copies it to run.dir's storage:
+    # a fast node-local disk (e.g. NVMe); None: the system's temporary folder
+    checkpoint_stage_dir: str | None = None
     log_every: int = 10
     val_every: int = 50
     max_failures: int = 2

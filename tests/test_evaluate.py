@@ -67,6 +67,19 @@ def test_in_training_probe_set_embeds_like_the_direct_computation(tiny_world):
     assert 15 <= len(wells) <= 20  # whole perturbations (3 wells each), at most 20 wells
     assert (wells["perturbation"].value_counts() == 3).all()
     assert not any(ps["wells"]["is_control"])
+    # brute force: each well's tiles are the grid tiles of the first site of a well of its
+    # perturbation, read from the shards whole
+    from scaling.stream.crops import grid_tiles
+
+    firsts = {}
+    for f in sorted((tiny_world / "shards").glob("*.parquet")):
+        for r in pq.read_table(f).to_pylist():
+            if r["site"] == 0:
+                px = np.frombuffer(r["pixels"], np.uint8).reshape(6, 128, 128)
+                firsts.setdefault(r["perturbation"], []).append(grid_tiles(px, 64))
+    for i, pert in enumerate(wells["perturbation"]):
+        mine = ps["tiles"][ps["well"] == i]
+        assert any(np.array_equal(mine, t) for t in firsts[pert])
     model = build(ModelSpec(load_config(SMOKE), None, seed=1))
     E = embed_set(model, ps, 7, torch.device("cpu"))
     for i in (0, len(wells) - 1):

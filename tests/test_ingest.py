@@ -126,6 +126,10 @@ def test_rxrx_png_round_trip(rxrx):
     assert_round_trip(out, truth, np.uint8)
     rows = pq.read_table(out / "shards" / "P1.parquet", columns=["well", "site"]).to_pylist()
     assert [(r["well"], r["site"]) for r in rows] == [(w, s) for w in WELLS for s in (1, 2)]
+    # one row group per well: a curation reads only its wells' groups
+    pf = pq.ParquetFile(out / "shards" / "P1.parquet")
+    groups = [pf.read_row_group(g, columns=["well"]).column("well").to_pylist() for g in range(3)]
+    assert pf.metadata.num_row_groups == 3 and groups == [[w, w] for w in WELLS]
     assert not list(out.parent.glob(".out.partial-*"))
 
 

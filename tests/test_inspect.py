@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from scaling.errors import InputError
-from scaling.shards.format import site_table, write_atomic
+from scaling.shards.format import site_table, write_shard
 from scaling.shards.inspect import inspect_dataset
 from tests.conftest import run_cli
 
@@ -17,7 +17,7 @@ META = dict(experiment="E1", plate="P1", well="A01", site=0, perturbation="G1", 
 
 def one_shard(tmp_path, images, metas=None, name="P1.parquet"):
     metas = metas or [dict(META, site=i) for i in range(len(images))]
-    write_atomic(site_table(metas, images), tmp_path / "shards" / name)
+    write_shard(site_table(metas, images), tmp_path / "shards" / name)
     return tmp_path / "shards" / name
 
 
@@ -86,7 +86,7 @@ def test_missing_columns_and_wrong_byte_count(tmp_path):
 
     bad = tmp_path / "b"
     t = t.set_column(t.schema.get_field_index("height"), "height", pa.array([9], pa.int32()))
-    write_atomic(t, bad / "shards" / "P1.parquet")
+    write_shard(t, bad / "shards" / "P1.parquet")
     with pytest.raises(InputError, match=r"384 pixel bytes, expected 432"):
         inspect_dataset(bad, progress=False)
 
@@ -97,3 +97,21 @@ def test_duplicate_site_and_not_a_dataset(tmp_path):
         inspect_dataset(tmp_path, progress=False)
     with pytest.raises(InputError, match="not a dataset"):
         inspect_dataset(tmp_path / "shards", progress=False)
+
+
+def test_shards_keep_one_well_per_row_group(tmp_path):
+    """A well of 20 sites splits at ROWS_PER_GROUP; no row group mixes wells (brute force
+    over the written file)."""
+    from scaling.shards.format import ROWS_PER_GROUP
+
+    wells = ["A01"] * 20 + ["A02"] * 3 + ["B01"]
+    metas = [dict(META, well=w, site=i) for i, w in enumerate(wells)]
+    images = [np.full((2, 8, 8), i, np.uint8) for i in range(len(wells))]
+    pf = pq.ParquetFile(one_shard(tmp_path, images, metas))
+    groups = [
+        pf.read_row_group(g, columns=["well", "site"]).to_pylist()
+        for g in range(pf.metadata.num_row_groups)
+    ]
+    assert [len(g) for g in groups] == [ROWS_PER_GROUP, 20 - ROWS_PER_GROUP, 3, 1]
+    assert all(len({r["well"] for r in g}) == 1 for g in groups)
+    assert [r["site"] for g in groups for r in g] == list(range(len(wells)))

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import ray
 import torch
 
 from scaling.config import DataConfig
@@ -16,8 +17,11 @@ from scaling.curate.select import curate
 from scaling.errors import InputError
 from scaling.model.mae import self_standardize
 from scaling.shards.dataset import open_dataset
+from scaling.stream import pipeline
+from scaling.stream import plan as plan_module
 from scaling.stream.crops import crop_table, grid_tiles, held_out, site_ids
 from scaling.stream.pipeline import CropBatch, crop_stream, validation_tiles
+from scaling.stream.plan import site_index, stream_plan
 
 CFG = DataConfig(crop=64, crops_per_site=3, batch_size=32, val_fraction=0.1, map_cpus=0.5)
 
@@ -105,9 +109,7 @@ def test_epochs_cover_every_training_site(tiny_world, ray_session):
 
 
 def test_start_skips_consumed_tasks(tiny_world, ray_session, monkeypatch):
-    from scaling.stream import pipeline
-
-    monkeypatch.setattr(pipeline, "TASK_BYTES", 1)  # one part per task: six tasks an epoch
+    monkeypatch.setattr(plan_module, "TASK_BYTES", 1)  # one part per task
     full = Counter(collect(crop_stream(tiny_world, CFG, epochs=1))[1].tolist())
     rest = Counter(collect(crop_stream(tiny_world, CFG, epochs=1, start=2))[1].tolist())
     assert 0 < sum(rest.values()) < sum(full.values()) and not (rest - full)
@@ -115,31 +117,57 @@ def test_start_skips_consumed_tasks(tiny_world, ray_session, monkeypatch):
         crop_stream(tiny_world, CFG, epochs=1, start=10**6)
 
 
-def test_tasks_cover_parts_once_per_epoch(tiny_world):
-    from scaling.stream.pipeline import plan_parts, plan_tasks
+def test_position_skips_tasks_without_reading_them(tiny_world, ray_session, monkeypatch):
+    """A StreamPosition moved to task k before the stream runs: the stream yields exactly
+    the crops of a stream started at k, and the tasks before k open no file."""
+    monkeypatch.setattr(plan_module, "TASK_BYTES", 1)
+    position = pipeline.StreamPosition.remote(0)
+    stream = crop_stream(tiny_world, CFG, epochs=2, position=position)
+    ray.get(position.set.remote(3))
+    got = collect(stream)
+    want = collect(crop_stream(tiny_world, CFG, epochs=2, start=3))
+    key = lambda c, i: sorted(zip(i.tolist(), (x.tobytes() for x in c), strict=True))  # noqa: E731
+    assert key(*got) == key(*want) and len(got[1]) > 0
+    ds = open_dataset(tiny_world)
+    plan = stream_plan(ds, CFG, site_index(ds, CFG), epochs=2)
+    assert len(got[1]) == sum(plan.task_crops()[3:])
 
-    parts = plan_parts(open_dataset(tiny_world), part_bytes=2 << 20)
-    assert len(parts) > len(open_dataset(tiny_world).files)  # shards split into parts
-    items = plan_tasks(parts, seed=0, epochs=3)
+
+def test_tasks_cover_parts_once_per_epoch(tiny_world, monkeypatch):
+    monkeypatch.setattr(plan_module, "TASK_BYTES", 4 << 20)  # a few parts a task
+    ds = open_dataset(tiny_world)
+    plan = stream_plan(ds, CFG, site_index(ds, CFG), epochs=3, part_bytes=1 << 20)
+    assert len(plan.parts) > len(ds.files) and plan.per_epoch > 1  # shards split into parts
+    orders = []
     for e in range(3):
         seen = [
-            (p, tuple(g))
-            for it in items
-            if it["epoch"] == e
-            for p, g in zip(it["paths"], it["groups"], strict=True)
+            p for t in range(e * plan.per_epoch, (e + 1) * plan.per_epoch) for p in plan.task(t)
         ]
-        assert sorted(seen) == sorted((p, tuple(g)) for p, g, _ in parts)
-    orders = [
-        [
-            (p, tuple(g))
-            for it in items
-            if it["epoch"] == e
-            for p, g in zip(it["paths"], it["groups"], strict=True)
-        ]
-        for e in range(3)
-    ]
+        assert sorted(seen, key=str) == sorted(plan.parts, key=str)
+        orders.append(seen)
     assert orders[0] != orders[1] != orders[2]  # a new file order every epoch
-    assert [it["task"] for it in items] == list(range(len(items)))
+
+
+def test_a_curation_plans_only_its_wells_row_groups(tiny_world, tmp_path):
+    """Shards hold one well per row group; a 40% curation's plan is exactly the row groups
+    holding one of its training sites (brute force over every row group)."""
+    curate(tiny_world, "random", tmp_path / "c", fraction=0.4)
+    cur = open_dataset(tmp_path / "c")
+    keep = cur.selected_keys()
+    want, total = set(), 0
+    for f in cur.files:
+        pf = pq.ParquetFile(f)
+        for g in range(pf.metadata.num_row_groups):
+            t = pf.read_row_group(g, columns=["experiment", "plate", "well", "site"])
+            wells = {f"{r['experiment']}/{r['plate']}/{r['well']}" for r in t.to_pylist()}
+            assert len(wells) == 1  # one well a row group
+            total += 1
+            train = ~held_out(site_ids(t), CFG.seed, CFG.val_fraction)
+            if wells <= keep and train.any():
+                want.add((str(f), g))
+    plan = stream_plan(cur, CFG, site_index(cur, CFG), epochs=1)
+    got = {(p.path, g) for p in plan.parts for g in p.groups}
+    assert got == want and 0.3 * total < len(got) < 0.5 * total
 
 
 def test_curation_restricts_the_stream(tiny_world, tmp_path, ray_session):
@@ -161,13 +189,14 @@ def test_validation_tiles_are_fixed_held_out_grid_tiles(tiny_world, tmp_path, ra
     cfg = replace(CFG, val_tiles=40)
     v = validation_tiles(tiny_world, cfg)
     assert v.shape == (40, 6, 64, 64) and v.dtype == np.uint8
-    assert np.array_equal(v, validation_tiles(tiny_world, cfg))
     sites = all_sites(tiny_world)
     held = {
         i: s for i, s in sites.items() if held_out(np.array([i]), cfg.seed, cfg.val_fraction)[0]
     }
-    tiles = {t.tobytes() for s in held.values() for t in grid_tiles(s, 64)}
-    assert all(t.tobytes() in tiles for t in v)
+    # brute force: tile j of every held-out site (in id order) before tile j + 1
+    tiled = [grid_tiles(held[i], 64) for i in sorted(held)]
+    want = [t[j] for j in range(4) for t in tiled if j < len(t)][:40]
+    assert np.array_equal(v, np.stack(want))
     # the same set for a curation: losses compare across curations
     curate(tiny_world, "random", tmp_path / "c", fraction=0.3)
     assert np.array_equal(v, validation_tiles(tmp_path / "c", cfg))
@@ -233,26 +262,26 @@ def test_ray_train_workers_share_the_stream(tiny_world, tmp_path, ray_session):
 
 
 def test_tasks_within_counts_whole_leading_tasks(tiny_world, monkeypatch):
-    from scaling.stream import pipeline
-
-    monkeypatch.setattr(pipeline, "TASK_BYTES", 1)  # one part per task
+    monkeypatch.setattr(plan_module, "TASK_BYTES", 1)  # one part per task
     ds = open_dataset(tiny_world)
-    parts = pipeline.plan_parts(ds)
-    counts = pipeline.part_crops(ds, CFG, parts)
-    crops = dict(zip([(p, tuple(g)) for p, g, _ in parts], counts, strict=True))
-    items = pipeline.plan_tasks(parts, CFG.seed, 2)
-    sizes = [crops[(it["paths"][0], tuple(it["groups"][0]))] for it in items]
+    plan = stream_plan(ds, CFG, site_index(ds, CFG), epochs=2)
+    sizes = plan.task_crops()
     first_two = sizes[0] + sizes[1]
+    assert plan.tasks_within(0) == 0 and plan.crops_before(2) == first_two
+    assert plan.tasks_within(first_two) == 2
+    assert plan.tasks_within(first_two - 1) == 1
+    assert plan.tasks_within(sum(sizes)) == plan.tasks
+    # the per-task counts are what the stream really yields
+    assert sum(sizes[: plan.per_epoch]) == len(collect(crop_stream(tiny_world, CFG))[1])
 
-    def within(done):
-        return pipeline.tasks_within(parts, counts, CFG.seed, 2, done)
 
-    assert within(0) == 0
-    assert within(first_two) == 2
-    assert within(first_two - 1) == 1
-    assert within(sum(sizes)) == len(items)
-    # the per-part counts are what the stream really yields
-    assert sum(sizes[: len(parts)]) == len(collect(crop_stream(tiny_world, CFG))[1])
+def test_staged_shards_stream_the_same_crops(tiny_world, tmp_path, ray_session):
+    staged = replace(CFG, stage_dir=str(tmp_path / "nvme"))
+    got, want = collect(crop_stream(tiny_world, staged)), collect(crop_stream(tiny_world, CFG))
+    key = lambda c, i: sorted(zip(i.tolist(), (x.tobytes() for x in c), strict=True))  # noqa: E731
+    assert key(*got) == key(*want)
+    copies = sorted(p.name for p in (tmp_path / "nvme").rglob("*.parquet"))
+    assert copies == sorted(f.name for f in open_dataset(tiny_world).files)
 
 
 def test_memory_source_holds_exactly_the_training_sites(tiny_world, tmp_path):

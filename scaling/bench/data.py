@@ -6,6 +6,13 @@ Cases: one consumer; two consumers of a streaming split (as two Train workers re
 and the same crops through ``ray.data.read_parquet`` (one execution per epoch), kept to
 show why the stream plans its own work units. Worker start-up is warmed off the clock;
 every case streams ``EPOCHS`` epochs; ours and the anchor report the median of ``REPEATS``.
+
+Two cases count bytes instead of seconds (the bytes this process's reads return, from
+``/proc/self/io``): one epoch of a 40% random curation read the stream's way (one well per
+row group, only the groups holding a training site) against the way it was read before
+(16-site row groups of mixed wells, every group read, the unselected sites dropped after);
+and the validation tiles read from their sites' row groups against reading every shard's
+pixel column.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import tempfile
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -22,7 +30,8 @@ import torch
 from scaling.bench import line
 from scaling.config import DataConfig
 from scaling.parallel import init_ray
-from scaling.shards.dataset import open_dataset
+from scaling.shards.dataset import Dataset, open_dataset
+from scaling.shards.format import ROWS_PER_GROUP, write_atomic
 from scaling.stream.crops import crop_table, held_out, site_ids
 from scaling.stream.pipeline import (
     READ_COLUMNS,
@@ -31,7 +40,10 @@ from scaling.stream.pipeline import (
     crop_kwargs,
     crop_stream,
     geometry,
+    read_task,
+    validation_tiles,
 )
+from scaling.stream.plan import site_index, stream_plan
 
 PER = 10_000
 EPOCHS = 8
@@ -141,7 +153,7 @@ def bench_data(path: str | None = None, epochs: int = EPOCHS, repeats: int = REP
         "data", "stream-2-consumers", ours, ANCHOR, anchor, UNIT, crops=n, batch_size=cfg.batch_size
     )
 
-    channels, dtype = geometry(ds, cfg.crop)
+    channels, dtype = geometry(ds, cfg.crop, site_index(ds, cfg))
     rp = read_parquet_stream(ds.files, cfg, channels, dtype)
     ours, n = timed(lambda: sum(consume(rp, cfg.batch_size) for _ in range(epochs)), 1)
     yield line(
@@ -154,5 +166,57 @@ def bench_data(path: str | None = None, epochs: int = EPOCHS, repeats: int = REP
         crops=n,
         batch_size=cfg.batch_size,
     )
+    yield from bench_bytes(ds, cfg)
     if tmp is not None:
         tmp.cleanup()
+
+
+def bytes_read() -> int:
+    """Bytes this process's read calls have returned so far (Linux ``rchar``)."""
+    io = Path("/proc/self/io").read_text().split()
+    return int(io[io.index("rchar:") + 1])
+
+
+def epoch_bytes(ds: Dataset, cfg: DataConfig, selected: set[str]) -> tuple[int, int]:
+    """One epoch of the stream's reads and crops over ``ds``'s plan, keeping the sites of
+    ``selected`` wells: (bytes read, crops)."""
+    index = site_index(ds, cfg)
+    channels, dtype = geometry(ds, cfg.crop, index)
+    plan = stream_plan(ds, cfg, index, epochs=1)
+    kw = crop_kwargs(cfg, channels, dtype, selected)
+    before, crops = bytes_read(), 0
+    for t in range(plan.per_epoch):
+        crops += len(crop_table(read_task(plan, t), np.random.default_rng(t), **kw)[1])
+    return bytes_read() - before, crops
+
+
+def bench_bytes(ds: Dataset, cfg: DataConfig):
+    """Bytes read per crop of a 40% curation, and for the validation tiles."""
+    from scaling.curate.select import curate
+
+    with tempfile.TemporaryDirectory(prefix="bench-bytes-") as tmp:
+        curate(ds.root, "random", f"{tmp}/c40", fraction=0.4)
+        cur = open_dataset(f"{tmp}/c40")
+        keep = cur.selected_keys()
+        for f in ds.files:  # the earlier layout: 16-site row groups, wells mixed
+            write_atomic(pq.read_table(f), Path(tmp) / "legacy" / "shards" / f.name, ROWS_PER_GROUP)
+        legacy = open_dataset(Path(tmp) / "legacy")
+        epoch_bytes(cur, cfg, keep)  # warm-up: lazy imports read files too
+        ours, n = epoch_bytes(cur, cfg, keep)
+        anchor, n_anchor = epoch_bytes(legacy, cfg, keep)
+        if n != n_anchor:
+            raise RuntimeError(f"the two layouts gave {n} and {n_anchor} crops")
+        yield line(
+            "data", "curation-40pct-bytes", ours / n, "every row group, 16-site groups",
+            anchor / n, "bytes/crop", crops=n, kept_wells=len(keep),
+        )  # fmt: skip
+        before = bytes_read()
+        tiles = validation_tiles(ds, cfg)
+        ours = bytes_read() - before
+        before = bytes_read()
+        for f in ds.files:  # the earlier read: every shard's pixel column
+            pq.read_table(f, columns=READ_COLUMNS)
+        yield line(
+            "data", "validation-tiles-bytes", ours / len(tiles), "every shard's pixels",
+            (bytes_read() - before) / len(tiles), "bytes/tile", tiles=len(tiles),
+        )  # fmt: skip

@@ -13,32 +13,29 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
+from scaling.config import DataConfig
 from scaling.errors import InputError
 from scaling.model.precision import autocast
 from scaling.shards.dataset import Dataset, open_dataset
 from scaling.shards.format import KEY_COLUMNS
 from scaling.stream.crops import GEOMETRY, decode_sites, grid_tiles
+from scaling.stream.plan import read_sites, site_index
 
 WELL_COLUMNS = ["experiment", "perturbation", "is_control"]
 
 
-def probe_set(data, crop: int, max_wells: int = 256, seed: int = 0) -> dict:
+def probe_set(data, crop: int, max_wells: int = 256, seed: int = 0, index=None) -> dict:
     """The fixed wells of in-training probes: {"tiles": (T, C, crop, crop) uint8,
-    "well": (T,) well index, "wells": {column: list}, "truth": {column: list}}."""
+    "well": (T,) well index, "wells": {column: list}, "truth": {column: list}}. Chosen
+    from the site index (``index``, read when None); only their row groups are read."""
     ds = data if isinstance(data, Dataset) else open_dataset(data)
     path = ds.truth / "perturbations.parquet"
     if not path.is_file():
         raise InputError(f"{path}: train.eval_every needs the truth table of the dataset")
     truth = pd.read_parquet(path, columns=["perturbation", "pathway", "active"])
-    frames = []
-    for i, f in enumerate(ds.files):
-        t = pq.read_table(f, columns=KEY_COLUMNS + ["site", "perturbation", "is_control"])
-        frames.append(t.to_pandas().assign(file=i, row=np.arange(t.num_rows)))
-    sites = pd.concat(frames, ignore_index=True)
+    sites = site_index(ds, DataConfig(seed=seed)) if index is None else index
     sites = sites[sites["site"] == sites.groupby(KEY_COLUMNS)["site"].transform("min")]
     sites = sites[~sites["is_control"]].sort_values(KEY_COLUMNS)
     perts = np.sort(sites["perturbation"].unique())
@@ -47,13 +44,12 @@ def probe_set(data, crop: int, max_wells: int = 256, seed: int = 0) -> dict:
     chosen = set(rng.permutation(perts)[: max(1, max_wells // per)])
     sites = sites[sites["perturbation"].isin(chosen)].head(max_wells).reset_index(drop=True)
     tiles, well = [], []
-    for f, group in sites.groupby("file"):
-        table = pq.read_table(ds.files[f], columns=GEOMETRY + ["pixels"])
-        table = table.take(pa.array(group["row"].to_numpy()))
-        for i, site in zip(group.index, decode_sites(table), strict=True):
-            t = grid_tiles(site, crop)
-            tiles.append(t)
-            well += [i] * len(t)
+    table = read_sites(ds, sites, GEOMETRY + ["pixels"])  # in (file, group, row) order
+    order = sites.sort_values(["file", "group", "row"]).index
+    for i, site in zip(order, decode_sites(table), strict=True):
+        t = grid_tiles(site, crop)
+        tiles.append(t)
+        well += [i] * len(t)
     if not tiles or not len(tiles[0]):
         raise InputError(f"{ds.root}: no {crop} px tiles for train.eval_every")
     return {

@@ -19,7 +19,9 @@ import pyarrow.parquet as pq
 
 CHANNELS = ("nuclei", "er", "actin", "rna", "mito", "golgi")  # RxRx3 / Cell Painting order
 PIXEL_DTYPES = ("uint8", "uint16", "float32")
-ROWS_PER_GROUP = 16  # a row group is a few MB: small enough to stream, large enough to compress
+# A row group holds the sites of one well, at most ROWS_PER_GROUP of them (a few MB of
+# pixels): a curation, a selection of wells, then reads only its wells' row groups.
+ROWS_PER_GROUP = 16
 WRITE_OPTIONS = dict(compression="zstd", write_page_checksum=True)  # every shard writer
 
 SCHEMA = pa.schema(
@@ -58,13 +60,41 @@ def decode_pixels(row_pixels: bytes, channels: int, height: int, width: int, dty
     return np.frombuffer(row_pixels, dtype=dtype).reshape(channels, height, width)
 
 
-def write_atomic(table: pa.Table, path: Path, row_group_size: int = ROWS_PER_GROUP) -> None:
+def write_atomic(table: pa.Table, path: Path, row_group_size: int) -> None:
     """Write a Parquet file under a temporary name in the same folder, then rename it."""
+    write_groups([table], path, row_group_size)
+
+
+def well_runs(wells: list) -> list[tuple[int, int]]:
+    """Row ranges [start, end) of a shard's row groups, given each row's well key (rows
+    sorted by well): each the sites of one well, at most ``ROWS_PER_GROUP`` of them."""
+    starts = [i for i in range(len(wells)) if i == 0 or wells[i] != wells[i - 1]]
+    bounds = [
+        b
+        for s, e in zip(starts, starts[1:] + [len(wells)], strict=True)
+        for b in range(s, e, ROWS_PER_GROUP)
+    ]
+    return list(zip(bounds, bounds[1:] + [len(wells)], strict=True))
+
+
+def write_shard(table: pa.Table, path: Path) -> None:
+    """Write a shard (rows sorted by well) atomically, one row group per well
+    (``well_runs``)."""
+    wells = list(zip(*(table.column(c).to_pylist() for c in KEY_COLUMNS), strict=True))
+    groups = [table.slice(s, e - s) for s, e in well_runs(wells)]
+    write_groups(groups or [table], path, ROWS_PER_GROUP)
+
+
+def write_groups(groups: list[pa.Table], path: Path, row_group_size: int) -> None:
+    """Write tables as consecutive row groups (split at ``row_group_size`` rows) of one
+    Parquet file, under a temporary name in the same folder, then rename it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        pq.write_table(table, tmp, row_group_size=row_group_size, **WRITE_OPTIONS)
+        with pq.ParquetWriter(tmp, groups[0].schema, **WRITE_OPTIONS) as writer:
+            for g in groups:
+                writer.write_table(g, row_group_size=row_group_size)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -55,7 +55,14 @@ from PIL import Image
 from scaling.atomic import atomic_folder
 from scaling.errors import InputError
 from scaling.progress import bar as progress_bar
-from scaling.shards.format import ROWS_PER_GROUP, SCHEMA, WRITE_OPTIONS, site_table
+from scaling.shards.format import (
+    KEY_COLUMNS,
+    ROWS_PER_GROUP,
+    SCHEMA,
+    WRITE_OPTIONS,
+    site_table,
+    well_runs,
+)
 
 FIELDS = ("experiment", "plate", "well", "site", "perturbation", "is_control")
 KEYS = ("experiment", "plate", "well", "site")  # identify a site; in this order in key tuples
@@ -511,10 +518,12 @@ def write_dataset(plates: dict, out: Path, reader: str, dtype: str, progress: bo
 
 
 def write_shard(sites: list[Site], path: Path, reader: str, dtype: str, bar) -> None:
-    """One plate's sites into one Parquet file, a row group (ROWS_PER_GROUP sites) at a time."""
+    """One plate's sites (sorted by well) into one Parquet file, one row group per well
+    (at most ROWS_PER_GROUP sites), written a row group at a time."""
     with pq.ParquetWriter(path, SCHEMA, **WRITE_OPTIONS) as writer:
-        for i in range(0, len(sites), ROWS_PER_GROUP):
-            chunk = sites[i : i + ROWS_PER_GROUP]
+        wells = [tuple(s.meta[k] for k in KEY_COLUMNS) for s in sites]
+        for start, end in well_runs(wells):
+            chunk = sites[start:end]
             images = [load_site(s, reader, dtype) for s in chunk]
             meta = [{k: s.meta[k] for k in FIELDS} for s in chunk]
             writer.write_table(site_table(meta, images), row_group_size=ROWS_PER_GROUP)

@@ -15,51 +15,36 @@ the straight run would have.
 from __future__ import annotations
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
 from scaling.config import DataConfig
 from scaling.errors import InputError
 from scaling.shards.dataset import Dataset, open_dataset
-from scaling.shards.format import KEY_COLUMNS
-from scaling.stream.crops import GEOMETRY, decode_sites, site_ids, training_rows
+from scaling.stream.crops import GEOMETRY, decode_sites
+from scaling.stream.plan import read_sites, site_index
 
 
-def training_sites(data, cfg: DataConfig) -> tuple[np.ndarray, int]:
-    """Which training sites ``data`` has and their bytes: (site count, uint8 bytes), reading
-    only the key and geometry columns. Bytes are -1 where the sites are not all uint8 of one
-    shape (the memory source cannot hold them)."""
+def training_sites(data, cfg: DataConfig, index=None) -> tuple[int, int]:
+    """Which training sites ``data`` has and their bytes: (site count, uint8 bytes), from
+    the index (no pixels read). Bytes are -1 where the sites are not all uint8 of one shape
+    (the memory source cannot hold them). ``index``: the dataset's site index, if read."""
     ds = data if isinstance(data, Dataset) else open_dataset(data)
-    selected = ds.selected_keys()
-    n, shapes = 0, set()
-    for f in ds.files:
-        t = pq.read_table(f, columns=KEY_COLUMNS + ["site"] + GEOMETRY)
-        keep = training_rows(t, site_ids(t), cfg.seed, cfg.val_fraction, selected)
-        n += int(keep.sum())
-        g = t.select(GEOMETRY).filter(keep).to_pylist()
-        shapes |= {(r["channels"], r["height"], r["width"], r["dtype"]) for r in g}
+    train = (site_index(ds, cfg) if index is None else index).query("train")
+    shapes = set(train[GEOMETRY].itertuples(index=False, name=None))
     if len(shapes) != 1 or next(iter(shapes))[3] != "uint8":
-        return n, -1
+        return len(train), -1
     c, h, w, _ = shapes.pop()
-    return n, n * c * h * w
+    return len(train), len(train) * c * h * w
 
 
 def load_sites(data, cfg: DataConfig) -> torch.Tensor:
     """Every training site of ``data`` (hold-out and selection applied): (S, C, H, W) uint8,
-    in file and row order."""
+    in file and row order; only the row groups that hold one are read."""
     ds = data if isinstance(data, Dataset) else open_dataset(data)
-    selected = ds.selected_keys()
-    out = []
-    for f in ds.files:
-        meta = pq.read_table(f, columns=KEY_COLUMNS + ["site"])
-        rows = np.flatnonzero(
-            training_rows(meta, site_ids(meta), cfg.seed, cfg.val_fraction, selected)
-        )
-        if len(rows):
-            table = pq.read_table(f, columns=GEOMETRY + ["pixels"]).take(rows)
-            out += decode_sites(table)
-    if not out:
+    train = site_index(ds, cfg).query("train")
+    if train.empty:
         raise InputError(f"{ds.root}: no training sites after the hold-out and the selection")
+    out = decode_sites(read_sites(ds, train, GEOMETRY + ["pixels"]))
     if len({(s.shape, s.dtype) for s in out}) != 1 or out[0].dtype != np.uint8:
         raise InputError(f"{ds.root}: data.source=memory needs uint8 sites of one size")
     return torch.from_numpy(np.stack(out))

@@ -1,14 +1,17 @@
 """The Ray Data crop stream: shards -> decode -> random crops -> batches for Train workers.
 
-The shards are planned into parts (runs of row groups of about ``PART_BYTES``). Every
-epoch visits every part once in a seeded random order (the file-level shuffle), and
-consecutive parts form one task of about ``TASK_BYTES``. One Ray Data ``map_batches``
-stage reads a task's parts with pyarrow, drops unselected and held-out sites, cuts random
-crops and writes each into a shuffled slot of the task's block (the batch-level shuffle).
-All epochs run as one streaming execution; nothing is materialised. Crops are a pure
-function of (seed, epoch, task), so a resumed run can skip the tasks it consumed
-(``start``). Tasks are large because each one costs a scheduling gap; with one part per
-task the two workers of a 2-core node sat idle a third of the time (measured).
+The plan (``plan.py``, metadata only) cuts the row groups that hold training sites into
+parts and every epoch's seeded part order into tasks of about ``TASK_BYTES``. The stream
+is ``ray.data.range`` over task numbers fused with one ``map_batches`` stage that reads a
+task's parts with pyarrow, drops unselected and held-out sites, cuts random crops and
+writes each into a shuffled slot of the task's block (the batch-level shuffle). All epochs
+run as one streaming execution; nothing is materialised, and the task list is never built:
+task ``t``'s parts are computed when it runs. Crops are a pure function of (seed, task),
+so a run starts at any task (``start``), and a worker group restarted inside one fit moves
+the stream's ``StreamPosition`` to its checkpoint's task, so the tasks before it yield
+nothing instead of being read and cropped again. Tasks are large because each one costs a
+scheduling gap; with one part per task the two workers of a 2-core node sat idle a third
+of the time (measured).
 
 Why not ``ray.data.read_parquet``: on Ray 2.60 it lists and samples the files again at
 every execution (seconds per epoch at this scale) and, given a path list repeated for
@@ -17,14 +20,22 @@ so the difference stays measured.
 
 Ray Train splits the stream across workers (``datasets={"train": ...}``); each worker reads
 its part with ``get_dataset_shard("train").iter_torch_batches(batch_size=...,
-collate_fn=CropBatch())``. The validation set
-is a fixed list of grid tiles from held-out sites of the *source* dataset, so losses
-compare across curations.
+collate_fn=CropBatch())``. The validation set is a fixed list of grid tiles from held-out
+sites of the *source* dataset, so losses compare across curations; it is chosen from the
+index and only its sites' row groups are read.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
+import uuid
+from collections import Counter
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
@@ -36,88 +47,90 @@ from scaling.config import DataConfig
 from scaling.errors import InputError
 from scaling.shards.dataset import Dataset, open_dataset
 from scaling.shards.format import KEY_COLUMNS
-from scaling.stream.crops import (
-    GEOMETRY,
-    crop_table,
-    decode_sites,
-    grid_tiles,
-    held_out,
-    site_ids,
-    training_rows,
-)
+from scaling.stream.crops import GEOMETRY, crop_table, decode_sites, grid_tiles, site_ids
+from scaling.stream.plan import StreamPlan, read_sites, site_index, stream_plan
 
 READ_COLUMNS = KEY_COLUMNS + ["site"] + GEOMETRY + ["pixels"]
-PART_BYTES = 16 << 20  # uncompressed bytes of one part (a run of row groups of one shard)
-TASK_BYTES = 64 << 20  # uncompressed bytes one read/crop task takes: big tasks, few gaps
 
 
-def geometry(ds: Dataset, crop: int) -> tuple[int, str]:
+def geometry(ds: Dataset, crop: int, index: pd.DataFrame) -> tuple[int, str]:
     """Channel count and pixel dtype of the dataset; checks every site fits a crop."""
-    t = pa.concat_tables(pq.read_table(f, columns=GEOMETRY) for f in ds.files)
-    chans, dtypes = set(t.column("channels").to_pylist()), set(t.column("dtype").to_pylist())
+    chans, dtypes = set(index["channels"]), set(index["dtype"])
     if len(chans) != 1 or len(dtypes) != 1:
         raise InputError(
             f"{ds.root}: mixed channel counts {sorted(chans)} or dtypes {sorted(dtypes)}"
         )
-    side = min(min(t.column("height").to_pylist()), min(t.column("width").to_pylist()))
+    side = min(index["height"].min(), index["width"].min())
     if crop > side:
         raise InputError(f"data.crop: {crop} px is larger than the smallest site side ({side} px)")
-    return chans.pop(), dtypes.pop()
+    return int(chans.pop()), str(dtypes.pop())
 
 
-def plan_parts(ds: Dataset, part_bytes: int = PART_BYTES) -> list[tuple[str, list[int], int]]:
-    """Split every shard into parts: (path, row groups, bytes), runs of consecutive row
-    groups of about ``part_bytes`` uncompressed."""
-    parts = []
-    for f in ds.files:
-        meta = pq.ParquetFile(f).metadata
-        run, size = [], 0
-        for g in range(meta.num_row_groups):
-            run.append(g)
-            size += meta.row_group(g).total_byte_size
-            if size >= part_bytes:
-                parts.append((str(f), run, size))
-                run, size = [], 0
-        if run:
-            parts.append((str(f), run, size))
-    return parts
+@ray.remote(num_cpus=0)
+class StreamPosition:
+    """The first task a run's stream still yields. Read by every read/crop task; a worker
+    group restarted inside a fit moves it to the task its checkpoint reached. Counts the
+    tasks read, so a run can report those it read more than once."""
+
+    def __init__(self, task: int = 0):
+        self.task, self.reads = task, Counter()
+
+    def get(self) -> int:
+        return self.task
+
+    def set(self, task: int) -> None:
+        self.task = task
+
+    def read(self, tasks: list[int]) -> None:
+        self.reads.update(tasks)
+
+    def reread(self) -> list[int]:
+        """The tasks read more than once (e.g. again after a restart)."""
+        return sorted(t for t, n in self.reads.items() if n > 1)
 
 
-def plan_tasks(parts: list, seed: int, epochs: int) -> list[dict]:
-    """Every epoch: the parts in a seeded random order (the file-level shuffle), cut into
-    tasks of about ``TASK_BYTES``. One item per task, in stream order."""
-    items = []
-    for e in range(epochs):
-        order = np.random.default_rng([seed, 6, e]).permutation(len(parts))
-        task, size = [], 0
-        for p in order:
-            task.append(int(p))
-            size += parts[p][2]
-            if size >= TASK_BYTES or p == order[-1]:
-                items.append(
-                    {
-                        "paths": [parts[q][0] for q in task],
-                        "groups": [parts[q][1] for q in task],
-                        "epoch": e,
-                        "task": len(items),
-                    }
-                )
-                task, size = [], 0
-    return items
+def staged(path: str, stage_dir: str | None) -> str:
+    """``path``, or its copy under ``stage_dir`` on this node (e.g. local NVMe), made on
+    first use: copied under a temporary name, then renamed."""
+    if stage_dir is None:
+        return path
+    key = hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:12]
+    local = Path(stage_dir) / key / Path(path).name
+    if not local.is_file() or local.stat().st_size != os.path.getsize(path):
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = local.with_name(f".{local.name}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, local)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return str(local)
 
 
-def read_crops(batch: dict, **kw) -> pa.Table:
-    """Ray Data map: one task's parts -> a block of crops shuffled across the whole task."""
-    out = []
-    for paths, groups, epoch, task in zip(
-        batch["paths"], batch["groups"], batch["epoch"], batch["task"], strict=True
-    ):
-        table = pa.concat_tables(
-            pq.ParquetFile(p).read_row_groups(list(g), columns=READ_COLUMNS, use_threads=False)
-            for p, g in zip(paths, groups, strict=True)
+def read_task(plan: StreamPlan, t: int, stage_dir: str | None = None) -> pa.Table:
+    """The sites of task ``t``'s parts (only their row groups are read)."""
+    return pa.concat_tables(
+        pq.ParquetFile(staged(p.path, stage_dir)).read_row_groups(
+            list(p.groups), columns=READ_COLUMNS, use_threads=False
         )
-        rng = np.random.default_rng([kw["seed"], 7, int(epoch), int(task)])
-        out.append(crop_table(table, rng, **kw))
+        for p in plan.task(t)
+    )
+
+
+def read_crops(batch: dict, plan: StreamPlan, start: int, position, stage_dir, kw) -> pa.Table:
+    """Ray Data map: task numbers -> a block of crops shuffled across each whole task; a
+    task before the stream's position yields nothing and reads nothing."""
+    first = ray.get(position.get.remote()) if position is not None else 0
+    tasks = [t for t in (int(i) + start for i in batch["id"]) if t >= first]
+    if position is not None and tasks:
+        position.read.remote(tasks)
+    out = []
+    for t in tasks:
+        rng = np.random.default_rng([kw["seed"], 7, t // plan.per_epoch, t])
+        out.append(crop_table(read_task(plan, t, stage_dir), rng, **kw))
+    if not out:
+        shape = (0, kw["channels"], kw["crop"], kw["crop"])
+        return crop_block(np.empty(shape, kw["dtype"]), np.empty(0, np.int64))
     return crop_block(*(np.concatenate(x) for x in zip(*out, strict=True)))
 
 
@@ -173,78 +186,50 @@ def crop_kwargs(cfg: DataConfig, channels: int, dtype: str, selected=None) -> di
     )
 
 
-def part_crops(ds: Dataset, cfg: DataConfig, parts: list) -> list[int]:
-    """Training crops each part yields per epoch (hold-out and selection applied)."""
-    selected = ds.selected_keys()
-    out = []
-    for path, groups, _ in parts:
-        t = pq.ParquetFile(path).read_row_groups(groups, columns=KEY_COLUMNS + ["site"])
-        keep = training_rows(t, site_ids(t), cfg.seed, cfg.val_fraction, selected)
-        out.append(int(keep.sum()) * cfg.crops_per_site)
-    return out
-
-
-def tasks_within(parts: list, crops: list[int], seed: int, epochs: int, done: int) -> int:
-    """How many leading tasks of the stream fit in its first ``done`` crops, given the parts
-    and their per-epoch crops: the ``start`` that resumes a run as near its data position
-    as task boundaries allow."""
-    index = {(p, tuple(g)): n for (p, g, _), n in zip(parts, crops, strict=True)}
-    total = 0
-    items = plan_tasks(parts, seed, epochs)
-    for k, item in enumerate(items):
-        total += sum(
-            index[(p, tuple(g))] for p, g in zip(item["paths"], item["groups"], strict=True)
-        )
-        if total > done:
-            return k
-    return len(items)
-
-
-def crop_stream(data, cfg: DataConfig, epochs: int = 1, start: int = 0) -> ray.data.Dataset:
+def crop_stream(
+    data, cfg: DataConfig, epochs: int = 1, start: int = 0, position=None, index=None
+) -> ray.data.Dataset:
     """The training stream of ``data`` (a path or Dataset): rows ``crop`` (C, crop, crop) and
-    ``site_id``, ``epochs`` passes, skipping the first ``start`` tasks."""
+    ``site_id``, ``epochs`` passes from task ``start`` on. ``position`` (a
+    :class:`StreamPosition`) lets a restarted worker group skip tasks without reading them;
+    ``index`` is the dataset's :func:`~scaling.stream.plan.site_index` when already read."""
     ds = data if isinstance(data, Dataset) else open_dataset(data)
-    channels, dtype = geometry(ds, cfg.crop)
-    if epochs < 1:
-        raise InputError(f"epochs: must be positive, got {epochs}")
-    items = plan_tasks(plan_parts(ds), cfg.seed, epochs)[start:]
-    if not items:
-        raise InputError(f"start: {start} is past the end of the stream")
-    selected = ds.selected_keys()
-    stream = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+    index = site_index(ds, cfg) if index is None else index
+    channels, dtype = geometry(ds, cfg.crop, index)
+    plan = stream_plan(ds, cfg, index, epochs)
+    if not 0 <= start < plan.tasks:
+        raise InputError(f"start: task {start} is past the end of the stream ({plan.tasks})")
+    n = plan.tasks - start
+    kw = crop_kwargs(cfg, channels, dtype, ds.selected_keys())
+    stream = ray.data.range(n, override_num_blocks=n).map_batches(
         read_crops,
         batch_size=1,
         num_cpus=cfg.map_cpus,
-        fn_kwargs=crop_kwargs(cfg, channels, dtype, selected),
+        fn_kwargs=dict(plan=plan, start=start, position=position, stage_dir=cfg.stage_dir, kw=kw),
     )
-    # Ray Data reserves half of the CPUs per operator by default; the item list holds one
-    # share, so on a small node only one read/crop task would run at a time (measured).
+    # Ray Data reserves half of the CPUs per operator by default; on a small node only one
+    # read/crop task would run at a time (measured).
     stream.context.op_resource_reservation_enabled = False
     return stream
 
 
-def validation_tiles(data, cfg: DataConfig) -> np.ndarray:
+def validation_tiles(data, cfg: DataConfig, index=None) -> np.ndarray:
     """The fixed validation set: (N, C, crop, crop) grid tiles of held-out sites, N <= val_tiles.
 
     Deterministic for ``cfg.seed``; drawn from the whole source dataset (never a curation),
-    spread round-robin over held-out sites in site-id order.
+    spread round-robin over held-out sites in site-id order. The sites are chosen from the
+    index; only the row groups of the (at most ``val_tiles``) sites used are read.
     """
     ds = data if isinstance(data, Dataset) else open_dataset(data)
-    geometry(ds, cfg.crop)
-    per_site: list[tuple[int, np.ndarray]] = []
-    for f in ds.files:
-        meta = pq.read_table(f, columns=KEY_COLUMNS + ["site"])
-        rows = np.flatnonzero(held_out(site_ids(meta), cfg.seed, cfg.val_fraction))
-        if not len(rows):
-            continue
-        table = pq.read_table(f, columns=READ_COLUMNS).take(pa.array(rows))
-        per_site += [
-            (int(i), grid_tiles(s, cfg.crop))
-            for i, s in zip(site_ids(table), decode_sites(table), strict=True)
-        ]
-    if not per_site:
+    index = site_index(ds, cfg) if index is None else index
+    geometry(ds, cfg.crop, index)
+    held = index[index.held].sort_values("id")
+    if held.empty:
         raise InputError(f"{ds.root}: no held-out sites (data.val_fraction={cfg.val_fraction})")
-    per_site.sort(key=lambda p: p[0])
+    # round-robin takes tile 0 of every site first: later sites than val_tiles never count
+    table = read_sites(ds, held.head(cfg.val_tiles), READ_COLUMNS)
+    tiled = [grid_tiles(s, cfg.crop) for s in decode_sites(table)]
+    per_site = sorted(zip(site_ids(table).tolist(), tiled, strict=True), key=lambda p: p[0])
     tiles: list[np.ndarray] = []
     for j in range(max(len(t) for _, t in per_site)):
         tiles += [t[j] for _, t in per_site if j < len(t)]

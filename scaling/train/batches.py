@@ -2,14 +2,17 @@
 
 ``memory``: the training sites, read once into this process's device memory, cut into the
 crops at that position (``scaling.stream.memory``). ``stream``: the next batch of this
-worker's split of the Ray Data stream; after a restart inside one fit, the batches the
-checkpoint had already consumed are skipped.
+worker's split of the Ray Data stream from the task the position is in: the stream's
+``StreamPosition`` moves there, so the tasks before it are neither read nor cropped (a
+worker group restarted inside a fit), and this worker drops its share of the crops its
+checkpoint had consumed of that task.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import ray
 import torch
 
 from scaling.config import Config
@@ -19,8 +22,10 @@ def batch_source(cfg: Config, config: dict, crops_seen: int, device, world: int)
     """The micro-batch function of a run that has trained ``crops_seen`` crops so far."""
     if config["source"] == "memory":
         return memory_batches(cfg, config["data"], device)
-    skip = (crops_seen - config.get("crops_at_start", 0)) // world
-    batches = stream_batches(cfg, device, skip)
+    plan = config["stream_plan"]
+    task = plan.tasks_within(crops_seen)
+    ray.get(config["stream_position"].set.remote(task))  # before this worker's first read
+    batches = stream_batches(cfg, device, (crops_seen - plan.crops_before(task)) // world)
     return lambda position: next(batches)
 
 

@@ -22,13 +22,8 @@ from scaling.errors import InputError
 from scaling.model.sizes import SIZES
 from scaling.parallel import init_ray
 from scaling.shards.dataset import open_dataset
-from scaling.stream.pipeline import (
-    crop_stream,
-    part_crops,
-    plan_parts,
-    tasks_within,
-    validation_tiles,
-)
+from scaling.stream.pipeline import StreamPosition, crop_stream, validation_tiles
+from scaling.stream.plan import site_index, stream_plan
 
 
 def check_run(cfg: Config) -> None:
@@ -56,7 +51,7 @@ def prepare_data(cfg: Config) -> str:
     return data
 
 
-def choose_source(cfg: Config, ds) -> str:
+def choose_source(cfg: Config, ds, index) -> str:
     """``data.source``, with ``auto`` resolved: memory when the training sites are uint8 of
     one size and fit in ``data.memory_gb`` (each training process holds a copy). Checked
     here, before any worker starts."""
@@ -64,7 +59,7 @@ def choose_source(cfg: Config, ds) -> str:
         return "stream"
     from scaling.stream.memory import training_sites
 
-    n, nbytes = training_sites(ds, cfg.data)
+    n, nbytes = training_sites(ds, cfg.data, index)
     if n == 0:
         raise InputError(f"{ds.root}: no training sites after the hold-out and the selection")
     if cfg.data.source == "memory":
@@ -74,19 +69,18 @@ def choose_source(cfg: Config, ds) -> str:
     return "memory" if 0 <= nbytes <= cfg.data.memory_gb * 2**30 else "stream"
 
 
-def stream_dataset(cfg: Config, ds, resume: str | None):
-    """The Ray Data crop stream planned for enough epochs (from the checkpoint's position
-    when resuming): (stream, crops consumed at the start)."""
-    parts = plan_parts(ds)
-    crops = part_crops(ds, cfg.data, parts)
-    per_epoch = sum(crops)
-    if per_epoch == 0:
-        raise InputError(f"{ds.root}: no training sites after the hold-out and the selection")
+def stream_dataset(cfg: Config, ds, index, resume: str | None) -> tuple:
+    """The Ray Data crop stream planned for enough epochs, from the checkpoint's position
+    when resuming: (stream, its plan, its position, crops consumed at the start)."""
+    plan = stream_plan(ds, cfg.data, index, epochs=1)
+    per_epoch = sum(plan.task_crops())
     needed = cfg.train.steps * cfg.data.batch_size * cfg.train.grad_accum * cfg.train.processes
-    epochs = math.ceil(needed / per_epoch) + 1
+    plan = stream_plan(ds, cfg.data, index, epochs=math.ceil(needed / per_epoch) + 1)
     done = json.loads((Path(resume) / "state.json").read_text())["crops_seen"] if resume else 0
-    start = tasks_within(parts, crops, cfg.data.seed, epochs, done)
-    return crop_stream(ds, cfg.data, epochs=epochs, start=start), done
+    start = plan.tasks_within(done)
+    position = StreamPosition.remote(start)
+    stream = crop_stream(ds, cfg.data, plan.epochs, start, position, index)
+    return stream, plan, position, done
 
 
 def build_trainer(
@@ -104,18 +98,20 @@ def build_trainer(
     from scaling.train.loop import train_loop
 
     ds = open_dataset(data)
-    val = validation_tiles(ds, cfg.data)  # also checks crop against the site size
+    index = site_index(ds, cfg.data)  # metadata only
+    val = validation_tiles(ds, cfg.data, index)  # also checks crop against the site size
     probes = None
     if cfg.train.eval_every:
         from scaling.evaluate.during import probe_set
 
-        probes = probe_set(ds, cfg.data.crop, cfg.train.eval_wells, cfg.data.seed)
-    source = choose_source(cfg, ds)
-    datasets, done = {}, 0
-    if source == "stream":
-        datasets["train"], done = stream_dataset(cfg, ds, resume)
-
+        probes = probe_set(ds, cfg.data.crop, cfg.train.eval_wells, cfg.data.seed, index)
+    source = choose_source(cfg, ds, index)
     init_ray()
+    datasets, stream = {}, {"crops_at_start": 0}
+    if source == "stream":
+        datasets["train"], plan, position, done = stream_dataset(cfg, ds, index, resume)
+        stream = {"crops_at_start": done, "stream_plan": plan, "stream_position": position}
+
     return TorchTrainer(
         train_loop,
         train_loop_config={
@@ -125,7 +121,7 @@ def build_trainer(
             "val_tiles": val,
             "probe_set": probes,
             "resume": resume,
-            "crops_at_start": done,
+            **stream,
             "branch_dir": str(Path(cfg.run.dir).resolve() / "branches"),
             "run_dir": str(Path(cfg.run.dir).resolve()),
         },
@@ -139,6 +135,14 @@ def build_trainer(
         datasets=datasets,
         run_config=run_config,
     )
+
+
+def stream_rereads(trainer) -> list[int]:
+    """The stream tasks the run read more than once (none for the memory source)."""
+    import ray
+
+    position = trainer.train_loop_config.get("stream_position")
+    return [] if position is None else ray.get(position.reread.remote())
 
 
 def pretrain(cfg: Config, resume: str | None = None) -> dict:
@@ -172,6 +176,7 @@ def pretrain(cfg: Config, resume: str | None = None) -> dict:
         "crops_seen": m["crops_seen"],
         "restarts": m["restarts"],
         "repeated_steps": m.get("repeated_steps", 0),
+        "stream_rereads": stream_rereads(trainer),
         "source": trainer.train_loop_config["source"],
         "startup_s": round(m["first_step_at"] - called, 3),  # call to first optimizer step
         **{k: v for k, v in m.items() if k.startswith("probe_")},

@@ -28,7 +28,7 @@ import ray
 from scaling.atomic import atomic_folder
 from scaling.errors import InputError
 from scaling.parallel import init_ray, parallel_map
-from scaling.shards.format import site_table, write_atomic
+from scaling.shards.format import site_table, write_shard
 from scaling.world.biology import N_FEATURES, Biology, make_biology
 from scaling.world.layout import Plate, make_layout
 from scaling.world.presets import PRESETS, WorldSpec
@@ -56,7 +56,7 @@ def render_plate(plate: Plate, spec: WorldSpec, bio: Biology, seed: int, path: s
                     is_control=ctrl,
                 )
             )
-    write_atomic(site_table(meta, images), Path(path))
+    write_shard(site_table(meta, images), Path(path))
     return len(images)
 
 
