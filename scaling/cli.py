@@ -218,18 +218,26 @@ def cmd_plan(a) -> int:
     return 0
 
 
+def _bench_text(line: dict) -> str:
+    def num(v, fmt=".4g"):
+        return "null" if v is None else format(v, fmt)
+
+    return (
+        f"{line['bench']:6s} {line['case']:24s} ours {num(line['ours'])} "
+        f"anchor {num(line['anchor_value'])} {line['unit']} ratio {num(line['ratio'], '.3f')}"
+    )
+
+
 def cmd_bench(a) -> int:
     from scaling.bench import run_bench
 
-    for line in run_bench(a.what, data=a.data):
-        print(
-            json.dumps(line)
-            if a.json
-            else f"{line['bench']:6s} {line['case']:24s} ours {line['ours']:.4g} "
-            f"anchor {line['anchor_value']:.4g} {line['unit']} ratio {line['ratio']:.3f}",
-            flush=True,
-        )
-    return 0
+    if a.dry and a.what != "gpu":
+        raise InputError("--dry: only `scaling bench gpu` has a dry mode")
+    failed = False
+    for line in run_bench(a.what, data=a.data, dry=a.dry):
+        print(json.dumps(line) if a.json else _bench_text(line), flush=True)
+        failed |= line.get("ok") is False  # a check inside a bench (gpu: the resume)
+    return 1 if failed else 0
 
 
 def cmd_evaluate(a) -> int:
@@ -392,8 +400,11 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_plan)
 
     s = sub.add_parser("bench", help="benchmarks, ours beside an anchor")
-    s.add_argument("what", choices=["data", "model", "eval", "flops", "train"])
+    s.add_argument("what", choices=["data", "model", "eval", "flops", "train", "gpu"])
     s.add_argument("--json", action="store_true", help="one JSON object a line")
+    s.add_argument(
+        "--dry", action="store_true", help="gpu: the same steps on the CPU with tiny stand-ins"
+    )
     s.add_argument(
         "--data", help="dataset to read (default: a fresh world, 'genome' for eval, else 'small')"
     )

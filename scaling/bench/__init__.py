@@ -34,7 +34,7 @@ def gemm_peak(precision: str = "fp32", n: int = 2048, repeats: int = 5) -> float
     return 2 * n**3 / min(times)
 
 
-def run_bench(what: str, data: str | None = None):
+def run_bench(what: str, data: str | None = None, dry: bool = False):
     if what == "data":
         from scaling.bench.data import bench_data
 
@@ -55,3 +55,7 @@ def run_bench(what: str, data: str | None = None):
         from scaling.bench.flops import bench_flops
 
         yield from bench_flops()
+    elif what == "gpu":
+        from scaling.bench.gpu import bench_gpu
+
+        yield from bench_gpu(data, dry=dry)
