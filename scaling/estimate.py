@@ -152,7 +152,8 @@ def single_rows(cfg: Config) -> list[tuple[Row, Config]]:
 
 
 def check_cluster(cfg: Config, cap: Capacity, where: str) -> None:
-    """Runs do not span nodes (no EFA in cluster.yaml): one node must hold a run."""
+    """Runs do not span nodes (the plan keeps a run on one node's NVLink; spanning runs
+    over EFA are not planned yet): one node must hold a run."""
     cpus, gpus = run_resources(cfg)
     t = cfg.train
     if t.use_gpu and gpus > cap.gpus_per_node:

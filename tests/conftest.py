@@ -77,6 +77,7 @@ def smoke_run(tiny_world, tmp_path_factory):
             "train.checkpoint_every=15",
             "train.val_every=15",
             "train.eval_every=15",
+            f"train.checkpoint_stage_dir={tmp_path_factory.mktemp('node-local') / 'ckpt'}",
         ],
     )
     return cfg, pretrain(cfg), run_dir

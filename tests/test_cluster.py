@@ -348,3 +348,50 @@ def test_ray_start_commands_join_the_head_with_token_auth():
     for cmd in (head, worker):
         assert "RAY_AUTH_MODE=token" in cmd
     assert cfg["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+
+
+# -- 3. node-local disk and EFA ---------------------------------------------------------
+
+NVME = "/mnt/nvme"
+
+
+def test_nvme_mount_is_a_no_op_on_a_node_without_instance_store(tmp_path):
+    """The instance-store commands run on every node: on one without instance store (this
+    machine, like the head) they exit 0 and mount or create nothing."""
+    import subprocess
+
+    cmds = [c for c in prepared()["initialization_commands"] if NVME in c]
+    assert len(cmds) == 2 and "mdadm --create" in cmds[0] and "mount /dev/md0 " + NVME in cmds[0]
+    disks = subprocess.run(["lsblk", "-dno", "MODEL"], capture_output=True, text=True).stdout
+    if "Instance Storage" in disks or Path(NVME).exists():
+        pytest.skip("this machine has instance store or /mnt/nvme: not the head's case")
+    for c in cmds:
+        p = subprocess.run(["bash", "-c", c], capture_output=True, text=True, timeout=30)
+        assert p.returncode == 0, (c, p.stderr)
+    assert not Path(NVME).exists() and not Path("/dev/md0").exists()
+
+
+def test_gpu_configs_stage_shards_and_checkpoints_on_the_nvme():
+    configs = sorted((ROOT / "jobs" / "configs").glob("*gpu*.yaml"))
+    assert len(configs) >= 5
+    for path in configs:
+        cfg = yaml.safe_load(path.read_text())
+        assert cfg["data"]["stage_dir"].startswith(NVME + "/"), path.name
+        assert cfg["train"]["checkpoint_stage_dir"].startswith(NVME + "/"), path.name
+
+
+def test_h100_workers_have_efa_on_every_network_card_in_one_placement_group():
+    cfg = prepared()
+    node = cfg["available_node_types"]["h100"]["node_config"]
+    nics = node["NetworkInterfaces"]
+    assert sorted(n["NetworkCardIndex"] for n in nics) == list(range(32))  # p5.48xlarge
+    assert all(n["InterfaceType"] == "efa" for n in nics)
+    assert [n["DeviceIndex"] for n in nics if n["NetworkCardIndex"] == 0] == [0]
+    assert {n["DeviceIndex"] for n in nics if n["NetworkCardIndex"]} == {1}
+    assert len({n["SubnetId"] for n in nics}) == 1 and len({tuple(n["Groups"]) for n in nics}) == 1
+    assert node["Placement"]["GroupName"]
+    head = cfg["available_node_types"]["head"]["node_config"]
+    assert head["SecurityGroupIds"] == nics[0]["Groups"]  # head and workers talk freely
+    start = [c for c in cfg["worker_start_ray_commands"] if is_ray_start(c)][0]
+    assert re.search(r"FI_PROVIDER=efa.*ray start", start, re.S)
+    assert "ofi-nccl" in start  # NCCL's EFA plugin on the library path

@@ -75,6 +75,9 @@ def test_two_worker_zero2_run_learns(tiny_world, smoke_run):
     events = list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert len(events) == 1 and events[0].stat().st_size > 0  # rank 0's TensorBoard file
     assert json.loads((ckpt / "state.json").read_text())["step"] == steps
+    # checkpoints were written on the (node-local) stage, and removed once Ray had copied them
+    stage = Path(cfg.train.checkpoint_stage_dir)
+    assert stage.is_dir() and not list(stage.iterdir())
 
     # the trained weights reconstruct the held-out tiles better than the initial ones
     from scaling.train.trainer import validation_loss
@@ -171,13 +174,20 @@ def test_smoke_run_tensorboard_has_every_report_and_serves_it_on_localhost(smoke
         tb.wait(timeout=30)
 
 
-def test_fault_drill_a_killed_worker_resumes_from_the_checkpoint(tiny_world, tmp_path, ray_session):
+def test_fault_drill_a_killed_worker_resumes_from_the_checkpoint(
+    tiny_world, tmp_path, ray_session, monkeypatch
+):
     """Kill one training worker once Ray Train has registered the first checkpoint: the group
     restarts, resumes from that checkpoint and finishes at the target step with nothing
-    lost or repeated. The workers read the Ray Data stream (data.source=stream), so the
-    restarted group also skips the share of the stream the checkpoint had consumed."""
-
+    lost or repeated. The workers read the Ray Data stream (data.source=stream, one part a
+    task), so the restarted group seeks to the checkpoint's task: no task before it is read
+    a second time."""
+    from scaling.shards.dataset import open_dataset
+    from scaling.stream import plan as plan_module
+    from scaling.stream.plan import site_index, stream_plan
     from scaling.train.pretrain import pretrain
+
+    monkeypatch.setattr(plan_module, "TASK_BYTES", 1)  # several tasks an epoch
 
     steps, every = 40, 10
     cfg = load_config(
@@ -201,6 +211,12 @@ def test_fault_drill_a_killed_worker_resumes_from_the_checkpoint(tiny_world, tmp
     assert r["step"] == steps and r["restarts"] >= 1
     # the resumed run counts from the checkpoint: no step lost or counted twice
     assert r["crops_seen"] == steps * 16 * 2 and r["source"] == "stream"
+    resumed = [json.loads(a)["resumed_step"] for a in (tmp_path / "attempts.jsonl").open()]
+    ds = open_dataset(tiny_world)
+    plan = stream_plan(ds, cfg.data, site_index(ds, cfg.data), epochs=1)
+    first = min(plan.tasks_within(step * 16 * 2) for step in resumed[1:])
+    assert resumed[1] >= every and first >= 1  # the seek skipped whole tasks
+    assert all(t >= first for t in r["stream_rereads"])  # nothing before it was read again
 
 
 GPU_PARAMS = {

@@ -205,7 +205,8 @@ class Trainer:
         return bool(t.checkpoint_minutes) and ckpt.agree(late, self.device)
 
     def save(self, metrics: dict) -> None:
-        """A checkpoint of every rank, reported to Ray Train; in local mode it stays in
+        """A checkpoint of every rank, written under ``train.checkpoint_stage_dir`` and
+        reported to Ray Train, which copies it to its storage; in local mode it stays in
         ``run.dir/checkpoints`` (the newest ``keep_checkpoints``)."""
         import ray.train
 
@@ -213,7 +214,10 @@ class Trainer:
         root = self.run_dir / "checkpoints"
         if local:
             root.mkdir(parents=True, exist_ok=True)
-        d = tempfile.mkdtemp(prefix=".ckpt-", dir=root if local else None)
+        stage = root if local else self.t.checkpoint_stage_dir
+        if stage is not None:
+            Path(stage).mkdir(parents=True, exist_ok=True)
+        d = tempfile.mkdtemp(prefix=".ckpt-", dir=stage)
         self.engine.save_checkpoint(d, tag=ckpt.TAG)
         weights = ckpt.full_weights(self.engine, self.t.zero_stage, self.rank)
         if self.rank == 0:
