@@ -81,7 +81,8 @@ def record_attempt(run_dir: Path, resumed_step: int) -> dict:
     restart, a local-mode rerun after a crash, a ladder's retry), and ``repeated_steps`` =
     steps the earlier attempts trained beyond where a later one resumed (at least: the
     furthest trunk step in ``metrics.jsonl`` when each attempt started). Each line also
-    says when, on which host and in which process rank 0 started."""
+    says when, on which host, Ray node (``node``, None outside Ray) and process rank 0
+    started."""
     reached = 0
     log = run_dir / "metrics.jsonl"
     if log.is_file():
@@ -89,12 +90,19 @@ def record_attempt(run_dir: Path, resumed_step: int) -> dict:
         reached = max((r["step"] for r in rows if r.get("branch") is None), default=0)
     run_dir.mkdir(parents=True, exist_ok=True)
     start = {"resumed_step": resumed_step, "reached": reached, "at": time.time()}
-    start.update(host=socket.gethostname(), pid=os.getpid())  # where rank 0 ran
+    start.update(host=socket.gethostname(), node=node_id(), pid=os.getpid())  # where rank 0 ran
     with open(run_dir / ATTEMPTS, "a") as f:
         f.write(json.dumps(start) + "\n")
     starts = [json.loads(line) for line in (run_dir / ATTEMPTS).read_text().splitlines()]
     repeated = sum(max(0, a["reached"] - a["resumed_step"]) for a in starts[1:])
     return {"restarts": len(starts) - 1, "repeated_steps": repeated}
+
+
+def node_id() -> str | None:
+    """The Ray node this process runs on (hex), or None when Ray is not initialized."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
 def barrier() -> None:
