@@ -2,7 +2,7 @@
 
 The plan (``plan.py``, metadata only) cuts the row groups that hold training sites into
 parts and every epoch's seeded part order into tasks of about ``TASK_BYTES``. The stream
-is ``ray.data.range`` over task numbers fused with one ``map_batches`` stage that reads a
+is a datasource of task numbers (``TaskNumbers``) fused with one ``map_batches`` stage that reads a
 task's parts with pyarrow, drops unselected and held-out sites, cuts random crops and
 writes each into a shuffled slot of the task's block (the batch-level shuffle). All epochs
 run as one streaming execution; nothing is materialised, and the task list is never built:
@@ -32,6 +32,7 @@ import os
 import shutil
 import uuid
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 import torch
+from ray.data.block import BlockMetadata
 from ray.data.collate_fn import ArrowBatchCollateFn
+from ray.data.datasource import Datasource, ReadTask
 from ray.data.extensions import ArrowTensorTypeV2
 
 from scaling.config import DataConfig
@@ -105,6 +108,26 @@ def staged(path: str, stage_dir: str | None) -> str:
         finally:
             tmp.unlink(missing_ok=True)
     return str(local)
+
+
+class TaskNumbers(Datasource):
+    """The numbers 0..n-1, one a block, each made when its read runs: the stream's input.
+    (``ray.data.range`` would do, but its reads take a whole CPU, which a node whose
+    training workers leave ``data.map_cpus`` free cannot give: the stream stalled.)"""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def estimate_inmemory_data_size(self) -> int:
+        return 8 * self.n
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None):
+        meta = BlockMetadata(num_rows=1, size_bytes=8, exec_stats=None)
+        return [ReadTask(partial(_number, t), meta) for t in range(self.n)]
+
+
+def _number(t: int) -> list[pa.Table]:
+    return [pa.table({"id": pa.array([t], pa.int64())})]
 
 
 def read_task(plan: StreamPlan, t: int, stage_dir: str | None = None) -> pa.Table:
@@ -201,7 +224,8 @@ def crop_stream(
         raise InputError(f"start: task {start} is past the end of the stream ({plan.tasks})")
     n = plan.tasks - start
     kw = crop_kwargs(cfg, channels, dtype, ds.selected_keys())
-    stream = ray.data.range(n, override_num_blocks=n).map_batches(
+    numbers = ray.data.read_datasource(TaskNumbers(n), num_cpus=cfg.map_cpus, override_num_blocks=n)
+    stream = numbers.map_batches(
         read_crops,
         batch_size=1,
         num_cpus=cfg.map_cpus,

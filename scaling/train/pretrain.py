@@ -69,6 +69,15 @@ def choose_source(cfg: Config, ds, index) -> str:
     return "memory" if 0 <= nbytes <= cfg.data.memory_gb * 2**30 else "stream"
 
 
+def on_this_node():
+    """A scheduling strategy that keeps an actor on the driver's node, which lives as long
+    as the run: a worker node lost mid-run must not take the run's stream state with it."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+
+
 def stream_dataset(cfg: Config, ds, index, resume: str | None) -> tuple:
     """The Ray Data crop stream planned for enough epochs, from the checkpoint's position
     when resuming: (stream, its plan, its position, crops consumed at the start)."""
@@ -78,7 +87,7 @@ def stream_dataset(cfg: Config, ds, index, resume: str | None) -> tuple:
     plan = stream_plan(ds, cfg.data, index, epochs=math.ceil(needed / per_epoch) + 1)
     done = json.loads((Path(resume) / "state.json").read_text())["crops_seen"] if resume else 0
     start = plan.tasks_within(done)
-    position = StreamPosition.remote(start)
+    position = StreamPosition.options(scheduling_strategy=on_this_node()).remote(start)
     stream = crop_stream(ds, cfg.data, plan.epochs, start, position, index)
     return stream, plan, position, done
 
