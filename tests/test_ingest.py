@@ -112,7 +112,10 @@ def rxrx(tmp_path):
     return tmp_path / "images", csv, tmp_path / "out", truth
 
 
-def test_rxrx_png_round_trip(rxrx):
+def test_rxrx_png_round_trip(rxrx, monkeypatch):
+    from scaling.shards import format as fmt
+
+    monkeypatch.setattr(fmt, "GROUP_BYTES", 1)  # every well a row group of its own
     images, csv, out, truth = rxrx
     s = ingest(images, csv, out, progress=False)
     assert {k: s[k] for k in ("plates", "wells", "sites", "channels", "dtype")} == {
@@ -126,7 +129,7 @@ def test_rxrx_png_round_trip(rxrx):
     assert_round_trip(out, truth, np.uint8)
     rows = pq.read_table(out / "shards" / "P1.parquet", columns=["well", "site"]).to_pylist()
     assert [(r["well"], r["site"]) for r in rows] == [(w, s) for w in WELLS for s in (1, 2)]
-    # one row group per well: a curation reads only its wells' groups
+    # row groups of whole wells (here one each): a curation reads only its wells' groups
     pf = pq.ParquetFile(out / "shards" / "P1.parquet")
     groups = [pf.read_row_group(g, columns=["well"]).column("well").to_pylist() for g in range(3)]
     assert pf.metadata.num_row_groups == 3 and groups == [[w, w] for w in WELLS]

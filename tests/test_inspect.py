@@ -99,19 +99,26 @@ def test_duplicate_site_and_not_a_dataset(tmp_path):
         inspect_dataset(tmp_path / "shards", progress=False)
 
 
-def test_shards_keep_one_well_per_row_group(tmp_path):
-    """A well of 20 sites splits at ROWS_PER_GROUP; no row group mixes wells (brute force
-    over the written file)."""
-    from scaling.shards.format import ROWS_PER_GROUP
+def test_row_groups_hold_whole_wells_up_to_the_group_bytes(tmp_path, monkeypatch):
+    """Groups are runs of whole wells closed at GROUP_BYTES; a well of more than
+    ROWS_PER_GROUP sites is cut into groups of its own (brute force over the written file)."""
+    from scaling.shards import format as fmt
 
-    wells = ["A01"] * 20 + ["A02"] * 3 + ["B01"]
+    monkeypatch.setattr(fmt, "GROUP_BYTES", 3 * 128)  # three 2 x 8 x 8 uint8 sites
+    wells = ["A01"] * 20 + ["A02"] * 2 + ["A03"] * 1 + ["A04"] * 1 + ["B01"]
     metas = [dict(META, well=w, site=i) for i, w in enumerate(wells)]
     images = [np.full((2, 8, 8), i, np.uint8) for i in range(len(wells))]
     pf = pq.ParquetFile(one_shard(tmp_path, images, metas))
     groups = [
-        pf.read_row_group(g, columns=["well", "site"]).to_pylist()
+        [r["well"] for r in pf.read_row_group(g, columns=["well"]).to_pylist()]
         for g in range(pf.metadata.num_row_groups)
     ]
-    assert [len(g) for g in groups] == [ROWS_PER_GROUP, 20 - ROWS_PER_GROUP, 3, 1]
-    assert all(len({r["well"] for r in g}) == 1 for g in groups)
-    assert [r["site"] for g in groups for r in g] == list(range(len(wells)))
+    split = fmt.ROWS_PER_GROUP
+    assert groups == [
+        ["A01"] * split,
+        ["A01"] * (20 - split),
+        ["A02", "A02", "A03"],  # closed once it holds 3 sites' bytes
+        ["A04", "B01"],  # the rest
+    ]
+    monkeypatch.setattr(fmt, "GROUP_BYTES", 1 << 20)  # small wells share one group
+    assert fmt.well_runs(wells[20:], [128] * 5) == [(0, 5)]

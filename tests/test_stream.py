@@ -148,10 +148,16 @@ def test_tasks_cover_parts_once_per_epoch(tiny_world, monkeypatch):
     assert orders[0] != orders[1] != orders[2]  # a new file order every epoch
 
 
-def test_a_curation_plans_only_its_wells_row_groups(tiny_world, tmp_path):
-    """Shards hold one well per row group; a 40% curation's plan is exactly the row groups
-    holding one of its training sites (brute force over every row group)."""
-    curate(tiny_world, "random", tmp_path / "c", fraction=0.4)
+def test_a_curation_plans_only_its_wells_row_groups(tiny_world, tmp_path, monkeypatch):
+    """Shards of one well per row group (the layout of wells of GROUP_BYTES or more): a
+    40% curation's plan is exactly the row groups holding one of its training sites
+    (brute force over every row group)."""
+    from scaling.shards import format as fmt
+
+    monkeypatch.setattr(fmt, "GROUP_BYTES", 1)
+    for f in open_dataset(tiny_world).files:
+        fmt.write_shard(pq.read_table(f), tmp_path / "w" / "shards" / f.name)
+    curate(tmp_path / "w", "random", tmp_path / "c", fraction=0.4)
     cur = open_dataset(tmp_path / "c")
     keep = cur.selected_keys()
     want, total = set(), 0

@@ -7,12 +7,13 @@ and the same crops through ``ray.data.read_parquet`` (one execution per epoch), 
 show why the stream plans its own work units. Worker start-up is warmed off the clock;
 every case streams ``EPOCHS`` epochs; ours and the anchor report the median of ``REPEATS``.
 
-Two cases count bytes instead of seconds (the bytes this process's reads return, from
-``/proc/self/io``): one epoch of a 40% random curation read the stream's way (one well per
-row group, only the groups holding a training site) against the way it was read before
-(16-site row groups of mixed wells, every group read, the unselected sites dropped after);
-and the validation tiles read from their sites' row groups against reading every shard's
-pixel column.
+Three cases count bytes instead of seconds (the bytes this process's reads return, from
+``/proc/self/io``): one epoch of a 40% random curation read the stream's way (row groups
+of whole wells, only the groups holding a training site) against the way it was read
+before (16-site row groups of mixed wells, every group read, the unselected sites dropped
+after), on the bench's world (wells of ~200 kB, which share row groups) and on a world of
+2.4 MB wells (a row group each, as real plates' wells of tens of MB); and the validation
+tiles read from their sites' row groups against reading every shard's pixel column.
 """
 
 from __future__ import annotations
@@ -191,32 +192,52 @@ def epoch_bytes(ds: Dataset, cfg: DataConfig, selected: set[str]) -> tuple[int, 
 
 
 def bench_bytes(ds: Dataset, cfg: DataConfig):
-    """Bytes read per crop of a 40% curation, and for the validation tiles."""
+    """Bytes read per crop of a 40% curation of ``ds`` and of a world of 1.5 MB wells, and
+    per validation tile."""
+    from scaling.world.presets import PRESETS
+    from scaling.world.synth import synthesize
+
+    yield curation_bytes(ds, cfg, "curation-40pct-bytes")
+    yield validation_bytes(ds, cfg)
+    with tempfile.TemporaryDirectory(prefix="bench-wells-") as tmp:
+        spec = replace(PRESETS["tiny"], size=256, sites=6)  # 6 x 256 x 256 x 6: 2.4 MB wells
+        synthesize(f"{tmp}/w", preset="tiny", seed=0, progress=False, spec=spec)
+        yield curation_bytes(open_dataset(f"{tmp}/w"), cfg, "curation-40pct-bytes-2.4MB-wells")
+
+
+def curation_bytes(ds: Dataset, cfg: DataConfig, case: str) -> dict:
+    """One epoch of a 40% random curation of ``ds``: bytes read per crop, against the
+    earlier layout (16-site row groups of mixed wells) read the earlier way (every group)."""
     from scaling.curate.select import curate
 
     with tempfile.TemporaryDirectory(prefix="bench-bytes-") as tmp:
         curate(ds.root, "random", f"{tmp}/c40", fraction=0.4)
         cur = open_dataset(f"{tmp}/c40")
         keep = cur.selected_keys()
-        for f in ds.files:  # the earlier layout: 16-site row groups, wells mixed
+        for f in ds.files:
             write_atomic(pq.read_table(f), Path(tmp) / "legacy" / "shards" / f.name, ROWS_PER_GROUP)
         legacy = open_dataset(Path(tmp) / "legacy")
         epoch_bytes(cur, cfg, keep)  # warm-up: lazy imports read files too
         ours, n = epoch_bytes(cur, cfg, keep)
         anchor, n_anchor = epoch_bytes(legacy, cfg, keep)
-        if n != n_anchor:
-            raise RuntimeError(f"the two layouts gave {n} and {n_anchor} crops")
-        yield line(
-            "data", "curation-40pct-bytes", ours / n, "every row group, 16-site groups",
-            anchor / n, "bytes/crop", crops=n, kept_wells=len(keep),
-        )  # fmt: skip
-        before = bytes_read()
-        tiles = validation_tiles(ds, cfg)
-        ours = bytes_read() - before
-        before = bytes_read()
-        for f in ds.files:  # the earlier read: every shard's pixel column
-            pq.read_table(f, columns=READ_COLUMNS)
-        yield line(
-            "data", "validation-tiles-bytes", ours / len(tiles), "every shard's pixels",
-            (bytes_read() - before) / len(tiles), "bytes/tile", tiles=len(tiles),
-        )  # fmt: skip
+    if n != n_anchor:
+        raise RuntimeError(f"the two layouts gave {n} and {n_anchor} crops")
+    groups = sum(pq.ParquetFile(f).metadata.num_row_groups for f in ds.files)
+    return line(
+        "data", case, ours / n, "every row group, 16-site groups", anchor / n, "bytes/crop",
+        crops=n, kept_wells=len(keep), row_groups=groups,
+    )  # fmt: skip
+
+
+def validation_bytes(ds: Dataset, cfg: DataConfig) -> dict:
+    """Bytes read per validation tile, against reading every shard's pixels (as before)."""
+    before = bytes_read()
+    tiles = validation_tiles(ds, cfg)
+    ours = bytes_read() - before
+    before = bytes_read()
+    for f in ds.files:
+        pq.read_table(f, columns=READ_COLUMNS)
+    return line(
+        "data", "validation-tiles-bytes", ours / len(tiles), "every shard's pixels",
+        (bytes_read() - before) / len(tiles), "bytes/tile", tiles=len(tiles),
+    )  # fmt: skip

@@ -57,7 +57,6 @@ from scaling.errors import InputError
 from scaling.progress import bar as progress_bar
 from scaling.shards.format import (
     KEY_COLUMNS,
-    ROWS_PER_GROUP,
     SCHEMA,
     WRITE_OPTIONS,
     site_table,
@@ -128,8 +127,9 @@ def ingest(
     sites = match_sites(files, pat, meta, images)
     channels = check_channels(sites)
     dtype, (height, width) = check_images(sites, pat.reader)
+    site_bytes = len(channels) * height * width * np.dtype(dtype).itemsize
     plates = group_plates(sites)
-    write_dataset(plates, out, pat.reader, dtype, progress)
+    write_dataset(plates, out, pat.reader, dtype, site_bytes, progress)
     return {
         "experiments": len({s.meta["experiment"] for s in sites}),
         "plates": len(plates),
@@ -507,26 +507,31 @@ def group_plates(sites: list[Site]) -> dict[str, list[Site]]:
     }
 
 
-def write_dataset(plates: dict, out: Path, reader: str, dtype: str, progress: bool) -> None:
+def write_dataset(
+    plates: dict, out: Path, reader: str, dtype: str, site_bytes: int, progress: bool
+) -> None:
     """Write the shards under a hidden sibling of ``out``, then rename it into place."""
     total = sum(len(v) for v in plates.values())
     with atomic_folder(out) as tmp:
         (tmp / "shards").mkdir()
         with progress_bar(total=total, desc="ingest", unit="site", enabled=progress) as bar:
             for name, sites in plates.items():
-                write_shard(sites, tmp / "shards" / f"{name}.parquet", reader, dtype, bar)
+                path = tmp / "shards" / f"{name}.parquet"
+                write_shard(sites, path, reader, dtype, site_bytes, bar)
 
 
-def write_shard(sites: list[Site], path: Path, reader: str, dtype: str, bar) -> None:
-    """One plate's sites (sorted by well) into one Parquet file, one row group per well
-    (at most ROWS_PER_GROUP sites), written a row group at a time."""
+def write_shard(
+    sites: list[Site], path: Path, reader: str, dtype: str, site_bytes: int, bar
+) -> None:
+    """One plate's sites (sorted by well) into one Parquet file, in row groups of whole
+    wells (``well_runs``), written a row group at a time."""
     with pq.ParquetWriter(path, SCHEMA, **WRITE_OPTIONS) as writer:
         wells = [tuple(s.meta[k] for k in KEY_COLUMNS) for s in sites]
-        for start, end in well_runs(wells):
+        for start, end in well_runs(wells, [site_bytes] * len(sites)):
             chunk = sites[start:end]
             images = [load_site(s, reader, dtype) for s in chunk]
             meta = [{k: s.meta[k] for k in FIELDS} for s in chunk]
-            writer.write_table(site_table(meta, images), row_group_size=ROWS_PER_GROUP)
+            writer.write_table(site_table(meta, images), row_group_size=end - start)
             bar.update(len(chunk))
 
 

@@ -46,13 +46,16 @@ def site_index(ds: Dataset, cfg: DataConfig) -> pd.DataFrame:
         counts = [g.num_rows for g in groups]
         ids = site_ids(t)
         frame = t.to_pandas()
-        frame["file"] = i
-        frame["group"] = np.repeat(np.arange(len(groups)), counts)
-        frame["row"] = np.concatenate([np.arange(c) for c in counts] or [np.zeros(0, int)])
-        frame["id"] = ids
-        frame["held"] = held_out(ids, cfg.seed, cfg.val_fraction)
-        frame["train"] = training_rows(t, ids, cfg.seed, cfg.val_fraction, selected)
-        frame["group_bytes"] = np.repeat([g.total_byte_size for g in groups], counts)
+        extra = {
+            "file": np.full(len(ids), i),
+            "group": np.repeat(np.arange(len(groups)), counts),
+            "row": np.concatenate([np.arange(c) for c in counts] or [np.zeros(0, int)]),
+            "id": ids,
+            "held": held_out(ids, cfg.seed, cfg.val_fraction),
+            "train": training_rows(t, ids, cfg.seed, cfg.val_fraction, selected),
+            "group_bytes": np.repeat([g.total_byte_size for g in groups], counts),
+        }
+        frame = pd.concat([frame, pd.DataFrame(extra)], axis=1)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 
