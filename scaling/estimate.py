@@ -280,6 +280,7 @@ def size_summary(run: Config, cap: Capacity, a: Assumptions, key: str) -> dict:
         crop_bytes = a.channels * run.data.crop**2
         out["data"] = {
             "source": run.data.source,
+            "stage_dir": run.data.stage_dir,
             "crops_per_s": crops_s,
             "runs_per_node": per_node,
             "mib_s_per_node": crops_s * crop_bytes * per_node / 2**20,
@@ -393,4 +394,9 @@ def size_lines(size: str, s: dict, a: dict) -> list[str]:
             f"    against {a['storage_mbps']:,.0f} MiB/s assumed: {verdict}",
             f"    ({SOURCES[d['source']]})",
         ]
+        if d["stage_dir"]:
+            lines.append(
+                f"    (data.stage_dir {d['stage_dir']}: the first pass reads storage, each "
+                "later pass the node's own copy)"
+            )
     return lines

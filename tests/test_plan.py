@@ -58,6 +58,11 @@ def test_ladder_gpu_plan_text():
     assert code == 0, err
     for word in ("S16_random_f1e19", "4 at once", "GPU-hours", "MiB/s a node", "checkpoint"):
         assert word in out
+    assert out.count("data.stage_dir /mnt/nvme/shards") == 3  # each size's data lines
+    code, out, err = run_cli(
+        "plan", "--config", LADDER, "--cluster", CLUSTER, "--set", "data.stage_dir="
+    )
+    assert code == 0 and "data.stage_dir" not in out, err
 
 
 def test_sweep_plans_its_dearest_trials():
