@@ -71,6 +71,9 @@ def test_data_bench_lines(tiny_world, ray_session):
         "stream-1-consumer-batch64",
         "stream-2-consumers",
         "read_parquet-1-consumer",
+        "curation-40pct-bytes",
+        "validation-tiles-bytes",
+        "curation-40pct-bytes-2.4MB-wells",
     ]
     for x in lines:
         assert set(x) >= BENCH_KEYS and x["ours"] > 0 and x["anchor_value"] > 0
@@ -78,6 +81,10 @@ def test_data_bench_lines(tiny_world, ray_session):
         json.dumps(x)
     # the two-consumer split may drop a few rows to keep its parts equal
     assert 0.99 * lines[0]["crops"] <= lines[2]["crops"] <= lines[0]["crops"]
+    # bytes: wells of a row group each, a 40% curation reads about 40% of them; small
+    # wells share groups, so nearly every group is read (about the bytes of before)
+    small, tiles, wells = lines[4:]
+    assert 0.3 < wells["ratio"] < 0.5 and small["ratio"] < 1.1 and tiles["ratio"] < 1.0
 
 
 def test_flops_bench_lines():

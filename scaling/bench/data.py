@@ -200,7 +200,8 @@ def bench_bytes(ds: Dataset, cfg: DataConfig):
     yield curation_bytes(ds, cfg, "curation-40pct-bytes")
     yield validation_bytes(ds, cfg)
     with tempfile.TemporaryDirectory(prefix="bench-wells-") as tmp:
-        spec = replace(PRESETS["tiny"], size=256, sites=6)  # 6 x 256 x 256 x 6: 2.4 MB wells
+        # one experiment of the tiny world, 6 sites of 6 x 256 x 256 a well: 2.4 MB wells
+        spec = replace(PRESETS["tiny"], experiments=1, size=256, sites=6)
         synthesize(f"{tmp}/w", preset="tiny", seed=0, progress=False, spec=spec)
         yield curation_bytes(open_dataset(f"{tmp}/w"), cfg, "curation-40pct-bytes-2.4MB-wells")
 
