@@ -34,7 +34,7 @@ WORKER_NODES, NODE_CPUS = 2, 2
 ONE_RUN = ["train.workers=1", "train.cpus_per_worker=1.5", "data.map_cpus=0.5"]
 TINY = ["data.source=memory", "model.name=cpu-2xs", "train.log_every=10"]
 STREAM = ["data.source=stream", "model.name=cpu-2xs", "train.log_every=10"]
-STEPS, CHECKPOINT_EVERY = 200, 100  # drill (b): one mid-run checkpoint, then the end
+STEPS, CHECKPOINT_EVERY = 120, 60  # drill (b): one mid-run checkpoint, then the end
 
 
 def start_cluster():

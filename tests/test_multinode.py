@@ -63,9 +63,9 @@ def test_a_ladder_spreads_over_the_nodes_by_the_cluster_shape(drills):
 
 
 def test_losing_a_node_mid_run_resumes_from_its_checkpoint_on_another(drills):
-    """The node under the run's worker is removed after Ray Train registered the step-100
+    """The node under the run's worker is removed after Ray Train registered the step-60
     checkpoint and the run logged a step past it: the group restarts on the other node
-    from step 100 and ends at step 200, every crop counted once, the restart and the steps
+    from step 60 and ends at step 120, every crop counted once, the restart and the steps
     it trained twice in its result."""
     b = drills["node_loss"]
     first, *later = b["attempts"]

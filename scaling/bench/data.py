@@ -110,7 +110,11 @@ def read_parquet_stream(files, cfg: DataConfig, channels: int, dtype: str) -> ra
     return stream.select_columns(READ_COLUMNS).map_batches(crops, batch_format="pyarrow")
 
 
-def bench_data(path: str | None = None, epochs: int = EPOCHS, repeats: int = REPEATS):
+def bench_data(
+    path: str | None = None, epochs: int = EPOCHS, repeats: int = REPEATS, wells: bool = True
+):
+    """Every case; ``wells=False`` leaves out the one that synthesises a world of 2.4 MB
+    wells."""
     cfg = DataConfig()
     tmp = None
     if path is None:
@@ -167,7 +171,7 @@ def bench_data(path: str | None = None, epochs: int = EPOCHS, repeats: int = REP
         crops=n,
         batch_size=cfg.batch_size,
     )
-    yield from bench_bytes(ds, cfg)
+    yield from bench_bytes(ds, cfg, wells)
     if tmp is not None:
         tmp.cleanup()
 
@@ -191,14 +195,16 @@ def epoch_bytes(ds: Dataset, cfg: DataConfig, selected: set[str]) -> tuple[int, 
     return bytes_read() - before, crops
 
 
-def bench_bytes(ds: Dataset, cfg: DataConfig):
-    """Bytes read per crop of a 40% curation of ``ds`` and of a world of 1.5 MB wells, and
-    per validation tile."""
+def bench_bytes(ds: Dataset, cfg: DataConfig, wells: bool = True):
+    """Bytes read per crop of a 40% curation of ``ds`` and (``wells``) of a world of 2.4 MB
+    wells, and per validation tile."""
     from scaling.world.presets import PRESETS
     from scaling.world.synth import synthesize
 
     yield curation_bytes(ds, cfg, "curation-40pct-bytes")
     yield validation_bytes(ds, cfg)
+    if not wells:
+        return
     with tempfile.TemporaryDirectory(prefix="bench-wells-") as tmp:
         # one experiment of the tiny world, 6 sites of 6 x 256 x 256 a well: 2.4 MB wells
         spec = replace(PRESETS["tiny"], experiments=1, size=256, sites=6)
