@@ -218,8 +218,14 @@ def crop_stream(
     ``index`` is the dataset's :func:`~scaling.stream.plan.site_index` when already read."""
     ds = data if isinstance(data, Dataset) else open_dataset(data)
     index = site_index(ds, cfg) if index is None else index
+    return planned_stream(ds, cfg, index, stream_plan(ds, cfg, index, epochs), start, position)
+
+
+def planned_stream(
+    ds: Dataset, cfg: DataConfig, index: pd.DataFrame, plan: StreamPlan, start=0, position=None
+) -> ray.data.Dataset:
+    """The stream of an already made ``plan`` of ``ds`` (see :func:`crop_stream`)."""
     channels, dtype = geometry(ds, cfg.crop, index)
-    plan = stream_plan(ds, cfg, index, epochs)
     if not 0 <= start < plan.tasks:
         raise InputError(f"start: task {start} is past the end of the stream ({plan.tasks})")
     n = plan.tasks - start

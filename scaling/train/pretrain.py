@@ -15,6 +15,7 @@ import json
 import math
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from scaling.config import Config, to_dict
@@ -22,7 +23,7 @@ from scaling.errors import InputError
 from scaling.model.sizes import SIZES
 from scaling.parallel import init_ray
 from scaling.shards.dataset import open_dataset
-from scaling.stream.pipeline import StreamPosition, crop_stream, validation_tiles
+from scaling.stream.pipeline import StreamPosition, planned_stream, validation_tiles
 from scaling.stream.plan import site_index, stream_plan
 
 
@@ -84,11 +85,11 @@ def stream_dataset(cfg: Config, ds, index, resume: str | None) -> tuple:
     plan = stream_plan(ds, cfg.data, index, epochs=1)
     per_epoch = sum(plan.task_crops())
     needed = cfg.train.steps * cfg.data.batch_size * cfg.train.grad_accum * cfg.train.processes
-    plan = stream_plan(ds, cfg.data, index, epochs=math.ceil(needed / per_epoch) + 1)
+    plan = replace(plan, epochs=math.ceil(needed / per_epoch) + 1)  # the same parts
     done = json.loads((Path(resume) / "state.json").read_text())["crops_seen"] if resume else 0
     start = plan.tasks_within(done)
     position = StreamPosition.options(scheduling_strategy=on_this_node()).remote(start)
-    stream = crop_stream(ds, cfg.data, plan.epochs, start, position, index)
+    stream = planned_stream(ds, cfg.data, index, plan, start, position)
     return stream, plan, position, done
 
 
