@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from scaling.errors import InputError
-from scaling.shards.format import KEY_COLUMNS, shard_files
+from scaling.shards.format import CHANNEL_KEY, KEY_COLUMNS, channel_names, shard_files
 
 
 @dataclass
@@ -30,6 +30,12 @@ class Dataset:
     @property
     def truth(self) -> Path:
         return self.root / "truth"
+
+    @property
+    def channel_names(self) -> tuple[str, ...]:
+        """The names of the C axis, from the shards' metadata (the same in every shard,
+        else an ``InputError`` naming the first that differs); metadata only."""
+        return dataset_channels(self.files)
 
     def selected_keys(self) -> set[str] | None:
         return None if self.wells is None else set(well_keys(self.wells).to_pylist())
@@ -58,6 +64,22 @@ def well_table(ds: Dataset) -> pd.DataFrame:
     if ds.wells is not None:
         wells = wells.merge(ds.wells.to_pandas(), on=KEY_COLUMNS)
     return wells
+
+
+def dataset_channels(files: list[Path]) -> tuple[str, ...]:
+    """Channel names shared by every shard of ``files`` (see ``Dataset.channel_names``)."""
+    first = None
+    for f in files:
+        schema = pq.read_schema(f)
+        if CHANNEL_KEY in (schema.metadata or {}):
+            names = channel_names(schema, 0)
+        else:  # a shard written before names were recorded: the count from its first row
+            count = pq.ParquetFile(f).read_row_group(0, columns=["channels"])
+            names = channel_names(schema, count.column(0)[0].as_py())
+        if first is not None and names != first:
+            raise InputError(f"{f}: channels {list(names)} differ from {files[0]}'s {list(first)}")
+        first = names
+    return first
 
 
 def open_dataset(path) -> Dataset:

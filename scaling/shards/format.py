@@ -9,6 +9,7 @@ measurement against PNG bytes.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from pathlib import Path
@@ -44,11 +45,31 @@ SCHEMA = pa.schema(
     ]
 )
 META_COLUMNS = [f.name for f in SCHEMA if f.name != "pixels"]
+CHANNEL_KEY = b"scaling.channel_names"  # a shard's channel names, JSON, in its schema metadata
 KEY_COLUMNS = ["experiment", "plate", "well"]
 
 
-def site_table(meta: list[dict], images: list[np.ndarray]) -> pa.Table:
-    """Build a shard table from per-site metadata and images of shape (C, H, W)."""
+def shard_schema(channel_names) -> pa.Schema:
+    """``SCHEMA`` carrying the names of the C axis (in order) as schema metadata."""
+    return SCHEMA.with_metadata({CHANNEL_KEY: json.dumps(list(channel_names)).encode()})
+
+
+def default_channel_names(n: int) -> tuple[str, ...]:
+    """Names for a shard written without them: the RxRx3 order for 6 channels, else
+    ch1..chN."""
+    return CHANNELS if n == len(CHANNELS) else tuple(f"ch{i + 1}" for i in range(n))
+
+
+def channel_names(schema: pa.Schema, channels: int) -> tuple[str, ...]:
+    """The channel names a shard's schema records (``default_channel_names`` when it
+    records none)."""
+    raw = (schema.metadata or {}).get(CHANNEL_KEY)
+    return tuple(json.loads(raw)) if raw else default_channel_names(channels)
+
+
+def site_table(meta: list[dict], images: list[np.ndarray], names=None) -> pa.Table:
+    """Build a shard table from per-site metadata and images of shape (C, H, W); ``names``
+    are the channels' names (default ``default_channel_names``)."""
     cols = {name: [m[name] for m in meta] for name in KEY_COLUMNS + ["site", "perturbation"]}
     cols["is_control"] = [bool(m["is_control"]) for m in meta]
     cols["channels"] = [im.shape[0] for im in images]
@@ -56,7 +77,11 @@ def site_table(meta: list[dict], images: list[np.ndarray]) -> pa.Table:
     cols["width"] = [im.shape[2] for im in images]
     cols["dtype"] = [im.dtype.name for im in images]
     cols["pixels"] = [np.ascontiguousarray(im).tobytes() for im in images]
-    return pa.Table.from_pydict(cols, schema=SCHEMA)
+    n = images[0].shape[0] if images else len(CHANNELS)
+    names = tuple(names) if names is not None else default_channel_names(n)
+    if len(names) != n:
+        raise ValueError(f"site_table: {len(names)} channel names for {n} channels")
+    return pa.Table.from_pydict(cols, schema=shard_schema(names))
 
 
 def decode_pixels(row_pixels: bytes, channels: int, height: int, width: int, dtype: str):
