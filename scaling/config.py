@@ -82,9 +82,14 @@ class ModelConfig:
     layer_scale: float | None = None
     fourier_weight: float = 0.01
     grad_checkpoint: bool = False  # activation checkpointing, for the large sizes
+    # the input channels' names, in order; empty: the data's (a run records them)
+    channels: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         from scaling.model.sizes import SIZES
+
+        if len(set(self.channels)) != len(self.channels):
+            raise InputError(f"model.channels: names repeat in {self.channels}")
 
         if self.name not in SIZES:
             raise InputError(f"model.name: unknown size {self.name!r} (have {', '.join(SIZES)})")

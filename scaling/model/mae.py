@@ -225,13 +225,14 @@ class MAE(nn.Module):
         self._init_weights()
 
     @classmethod
-    def from_config(cls, cfg: Config, channels: int = 6) -> MAE:
-        """The MAE of a run's configuration: ``model.*`` options at ``data.crop`` pixels."""
+    def from_config(cls, cfg: Config) -> MAE:
+        """The MAE of a run's configuration: ``model.*`` options at ``data.crop`` pixels, with
+        ``model.channels`` input channels (6, the RxRx3 set, when the config names none)."""
         m = cfg.model
         return cls(
             SIZES[m.name],
             img_size=cfg.data.crop,
-            channels=channels,
+            channels=len(m.channels) or 6,
             mask_ratio=m.mask_ratio,
             norm_pix_loss=m.norm_pix_loss,
             qk_norm=m.qk_norm,
@@ -357,13 +358,14 @@ class MAE(nn.Module):
         return loss, pred, mask
 
     @torch.no_grad()
-    def embed_blocks(self, imgs: torch.Tensor) -> torch.Tensor:
-        """Raw crops (B, C, H, W) -> (B, depth, D): for every block b, the mean of the patch
-        tokens (CLS excluded) after the final LayerNorm applied to block b's output, all in
-        one unmasked forward pass (ARCHITECTURE section 4)."""
+    def embed_blocks(self, imgs: torch.Tensor, depth: int | None = None) -> torch.Tensor:
+        """Raw crops (B, C, H, W) -> (B, depth, D): for every block b up to ``depth`` (default
+        all), the mean of the patch tokens (CLS excluded) after the final LayerNorm applied to
+        block b's output, all in one unmasked forward pass (ARCHITECTURE section 4) that stops
+        after block ``depth``."""
         x = self.with_cls(self.tokens(self_standardize(imgs)))
         out = []
-        for blk in self.blocks:
+        for blk in self.blocks[: depth or len(self.blocks)]:
             x = blk(x)
             out.append(self.norm(x)[:, 1:].float().mean(dim=1))  # float32 under bf16 too
         return torch.stack(out, dim=1)

@@ -63,8 +63,12 @@ def check_shard(path: Path, channels: int | None, seen: set) -> list[dict]:
     return rows
 
 
-def inspect_dataset(path, channels: int | None = 6, progress: bool = True) -> dict:
+def inspect_dataset(path, channels: int | None = None, progress: bool = True) -> dict:
+    """Check every shard (``check_shard``) and summarise the dataset; ``channels`` is the
+    expected count, by default that of the channel names the shards record."""
     ds = open_dataset(path)
+    names = ds.channel_names
+    channels = len(names) if channels is None else channels
     rows: list[dict] = []
     seen: set = set()
     for f in bar(ds.files, desc="inspect", unit="shard", enabled=progress):
@@ -86,6 +90,7 @@ def inspect_dataset(path, channels: int | None = 6, progress: bool = True) -> di
         "perturbations": len({r["perturbation"] for r in wells.values() if not r["is_control"]}),
         "control_wells": sum(r["is_control"] for r in wells.values()),
         "shapes": {f"{c}x{h}x{w} {d}": n for (c, h, w, d), n in shapes.items()},
+        "channel_names": list(names),
     }
     if ds.wells is not None:
         missing = set(well_keys(ds.wells).to_pylist()) - {"/".join(k) for k in wells}

@@ -108,6 +108,7 @@ def build_trainer(
     from scaling.train.loop import train_loop
 
     ds = open_dataset(data)
+    cfg = with_channels(cfg, ds)
     index = site_index(ds, cfg.data)  # metadata only
     val = validation_tiles(ds, cfg.data, index)  # also checks crop against the site size
     probes = None
@@ -145,6 +146,15 @@ def build_trainer(
         datasets=datasets,
         run_config=run_config,
     )
+
+
+def with_channels(cfg: Config, ds) -> Config:
+    """``cfg`` with ``model.channels`` set to the data's channel names (checkpoints record
+    them); an ``InputError`` when the config names other channels than the data has."""
+    names = list(ds.channel_names)
+    if cfg.model.channels and cfg.model.channels != names:
+        raise InputError(f"model.channels: {cfg.model.channels}, but {ds.root} has {names}")
+    return replace(cfg, model=replace(cfg.model, channels=names))
 
 
 def stream_rereads(trainer) -> list[int]:

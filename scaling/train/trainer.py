@@ -72,7 +72,9 @@ class Trainer:
             "branches_done": [],
         }
         size, crop = SIZES[cfg.model.name], cfg.data.crop
-        self.flops_per_crop = train_flops(size, crop, mask_ratio=cfg.model.mask_ratio)
+        self.flops_per_crop = train_flops(
+            size, crop, len(cfg.model.channels) or 6, mask_ratio=cfg.model.mask_ratio
+        )
         self.patches = (crop // size.patch) ** 2
         self.masks = torch.Generator(device=device)
         self.loss_sum, self.loss_n = torch.zeros((), device=device), 0

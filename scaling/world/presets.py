@@ -22,11 +22,16 @@ class WorldSpec:
     active_fraction: float = 0.5  # share of genes with a phenotype
     batch: float = 1.0  # batch-effect strength
     images: bool = True  # False: embeddings only, no images (the evaluation issue's genome preset)
+    stains: str = "rxrx3"  # rxrx3: six channels; jump: JUMP's five (scaling.world.render.STAINS)
 
 
 PRESETS: dict[str, WorldSpec] = {
     # tests: a few hundred sites, seconds
     "tiny": WorldSpec(genes=48, experiments=3, wells_per_plate=32, controls_per_plate=8),
+    # the tiny world in JUMP Cell Painting's five channels (DNA, ER, RNA, AGP, Mito)
+    "tiny-jump": WorldSpec(
+        genes=48, experiments=3, wells_per_plate=32, controls_per_plate=8, stains="jump"
+    ),
     # the demo's training world: a few hundred genes, 4 experiments, ~3,000 sites
     "small": WorldSpec(genes=320, experiments=4, wells_per_plate=96, controls_per_plate=12),
     # larger worlds for GPU runs: 256 px sites, 384-well plates

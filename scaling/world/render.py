@@ -33,6 +33,12 @@ FEATURES = (
     "golgi_size",
     "chromatin_texture",
 )
+# the channel sets a world renders in: RxRx3's six stains (the rendering's own order), or
+# JUMP Cell Painting's five, where AGP images actin, Golgi and plasma membrane together
+STAINS = {
+    "rxrx3": ("nuclei", "er", "actin", "rna", "mito", "golgi"),
+    "jump": ("DNA", "ER", "RNA", "AGP", "Mito"),
+}
 BASE_INTENSITY = np.array([0.9, 0.55, 0.6, 0.45, 0.6, 0.5], np.float32)
 SCALE = 200.0  # intensity 1.0 -> 200 grey levels
 
@@ -147,3 +153,12 @@ def render_site(
     img = img * gain[:, None, None].astype(np.float32) * illum + batch.offset[:, None, None]
     img += rng.standard_normal(img.shape).astype(np.float32) * (0.01 + 0.02 * np.sqrt(np.abs(img)))
     return np.clip(img * SCALE, 0, 255).astype(np.uint8)
+
+
+def in_stains(img: np.ndarray, stains: str) -> np.ndarray:
+    """A rendered site (6, H, W) uint8 in the channels of ``STAINS[stains]``: JUMP's AGP is
+    actin + Golgi/membrane (saturating at 255)."""
+    if stains == "rxrx3":
+        return img
+    agp = np.minimum(img[2].astype(np.uint16) + img[5], 255).astype(np.uint8)
+    return np.stack([img[0], img[1], img[3], agp, img[4]])
