@@ -6,7 +6,9 @@
   nuclei and cytoplasm and its perinuclear-to-distal ratio, plus nucleus and cell measures
   from a simple segmentation (nuclei: Otsu threshold on the nuclei channel, touching nuclei
   split by distance-transform peaks; cells: Otsu threshold on the ER + actin + membrane
-  channels). numpy/scipy only.
+  channels). numpy/scipy only. Each channel's role comes from its name (:func:`stains`:
+  Hoechst/DNA, ER, actin, Golgi/WGA, AGP, RNA/SYTO14, Mito, brightfield, as RxRx3 and JUMP
+  name them); a channel of another name still gets its per-channel features.
 - :func:`handcrafted_wells`: those features for every site of a dataset (curations
   respected), averaged to wells, one Ray task per shard.
 - :func:`pixel_pca_wells`: each site block-mean downsampled to size x size per channel
@@ -20,6 +22,8 @@ experiment, plate, well, perturbation, is_control; X (n_wells, F) float32.
 
 from __future__ import annotations
 
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +42,15 @@ from scaling.shards.format import CHANNELS, KEY_COLUMNS
 from scaling.stream.crops import decode_sites, held_out, site_ids
 
 WELL_COLUMNS = KEY_COLUMNS + ["perturbation", "is_control"]
-NUCLEI, CELL_CHANNELS = 0, (1, 2, 5)  # nuclei (Hoechst); ER, actin, Golgi/membrane (WGA)
+# known stain names (lower case) -> role: "nuclei" segments nuclei, "cell" stains (ER,
+# actin, Golgi/membrane, JUMP's AGP) segment cells, "rna" finds nucleoli, "other" is measured
+ROLES = {
+    **dict.fromkeys(("nuclei", "dna", "hoechst", "dapi"), "nuclei"),
+    **dict.fromkeys(("er", "cona", "actin", "phalloidin", "golgi", "wga", "agp"), "cell"),
+    **dict.fromkeys(("membrane", "golgi_membrane"), "cell"),
+    **dict.fromkeys(("rna", "syto14", "nucleoli"), "rna"),
+    **dict.fromkeys(("mito", "mitotracker", "brightfield", "bf"), "other"),
+}
 PERCENTILES = (10, 50, 90, 99)
 GRANULARITY = (3, 5, 9)  # square openings: signal in structures smaller than each size
 NEAR, FAR = 4.0, 12.0  # perinuclear ring (0, NEAR] and distal ring (NEAR, FAR], pixels
@@ -63,7 +75,44 @@ _MORPHOLOGY = [
     "cytoplasm_fraction",
     "nucleoli_per_nucleus",
 ]
-FEATURE_NAMES = tuple(f"{ch}_{f}" for ch in CHANNELS for f in _PER_CHANNEL) + tuple(_MORPHOLOGY)
+
+
+@dataclass(frozen=True)
+class Stains:
+    """The roles of a site's channels (C axis indices), from their names (``ROLES``)."""
+
+    names: tuple[str, ...]
+    nuclei: int
+    cell: tuple[int, ...]  # segment cells; none: a cell is its nucleus
+    rna: int | None  # nucleoli are counted in it; None: no nucleoli feature
+    unmapped: tuple[str, ...]  # names of no known stain: per-channel features only
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        morphology = [m for m in _MORPHOLOGY if self.rna is not None or m != "nucleoli_per_nucleus"]
+        return tuple(f"{ch}_{f}" for ch in self.names for f in _PER_CHANNEL) + tuple(morphology)
+
+
+def stains(names) -> Stains:
+    """Map channel names to roles; an ``InputError`` when no channel stains nuclei."""
+    names = tuple(names)
+    role = [ROLES.get(n.lower()) for n in names]
+    if "nuclei" not in role:
+        raise InputError(
+            f"handcrafted: no nuclei stain among channels {list(names)} "
+            f"(known names: {', '.join(k for k, v in ROLES.items() if v == 'nuclei')})"
+        )
+    return Stains(
+        names,
+        role.index("nuclei"),
+        tuple(i for i, r in enumerate(role) if r == "cell"),
+        role.index("rna") if "rna" in role else None,
+        tuple(n for n, r in zip(names, role, strict=True) if r is None),
+    )
+
+
+RXRX3 = stains(CHANNELS)
+FEATURE_NAMES = RXRX3.feature_names  # of a six-channel RxRx3 site
 
 
 def otsu(values: np.ndarray, bins: int = 256) -> float:
@@ -128,28 +177,25 @@ def _object_shapes(fg: np.ndarray, seeds: np.ndarray) -> tuple[np.ndarray, np.nd
     return area[keep], np.sqrt(l1 / l2)[keep]
 
 
-def site_features(site: np.ndarray) -> np.ndarray:
-    """One site (C, H, W) uint8 (C = 6, RxRx3 channel order) -> (len(FEATURE_NAMES),) float32.
+def site_features(site: np.ndarray, roles: Stains = RXRX3) -> np.ndarray:
+    """One site (C, H, W) uint8 whose channels ``roles`` names (default RxRx3's six) ->
+    (len(roles.feature_names),) float32.
 
     Intensities are grey levels; texture and granularity are ratios to the channel's mean
     (gain-free); sizes are pixels. Empty images give finite values (counts 0, ratios 1).
     """
-    if site.ndim != 3 or site.shape[0] != len(CHANNELS):
-        raise InputError(f"site_features: expected ({len(CHANNELS)}, H, W), got {site.shape}")
+    if site.ndim != 3 or site.shape[0] != len(roles.names):
+        raise InputError(f"site_features: expected ({len(roles.names)}, H, W), got {site.shape}")
     img = site.astype(np.float32)
     c, h, w = img.shape
     flat = img.reshape(c, -1)
     mean = flat.mean(1)
     eps = 1.0  # one grey level: keeps ratios finite on dark channels
 
-    fg, seeds = segment_nuclei(img[NUCLEI])
+    fg, seeds = segment_nuclei(img[roles.nuclei])
     count = int(seeds.max())
     n_eff = max(count, 1)
-    peak = np.percentile(img[list(CELL_CHANNELS)].reshape(len(CELL_CHANNELS), -1), 99, axis=1)
-    cell_signal = ndi.gaussian_filter(
-        sum(img[ch] / (p + eps) for ch, p in zip(CELL_CHANNELS, peak, strict=True)), 2.0
-    )
-    cell = (cell_signal > otsu(cell_signal)) | fg
+    cell = segment_cells(img, roles.cell, fg)
     cyto = cell & ~fg
     d_nuc = ndi.distance_transform_edt(~fg) if fg.any() else np.full((h, w), np.inf)
     near, far = cyto & (d_nuc <= NEAR), cyto & (d_nuc > NEAR) & (d_nuc <= FAR)
@@ -183,10 +229,6 @@ def site_features(site: np.ndarray) -> np.ndarray:
     )  # (C, len(_PER_CHANNEL))
 
     areas, ratios = _object_shapes(fg, seeds)
-    rna = img[3]
-    dog = ndi.gaussian_filter(rna, 1.0) - ndi.gaussian_filter(rna, 3.0)
-    spots = (dog == ndi.maximum_filter(dog, size=5)) & fg
-    spots &= dog > 0.5 * (np.median(rna[fg]) if fg.any() else np.inf)
     fg_area, cell_area = float(fg.sum()), float(cell.sum())
     morphology = [
         count * 1e4 / (h * w),
@@ -199,9 +241,33 @@ def site_features(site: np.ndarray) -> np.ndarray:
         cell_area / (h * w),
         cell_area / n_eff,
         float(cyto.sum()) / max(cell_area, 1.0),
-        float(spots.sum()) / n_eff,
     ]
+    if roles.rna is not None:
+        morphology.append(nucleoli(img[roles.rna], fg) / n_eff)
     return np.concatenate([per_channel.ravel(), morphology]).astype(np.float32)
+
+
+def segment_cells(img: np.ndarray, cell: tuple[int, ...], fg: np.ndarray) -> np.ndarray:
+    """Cell mask (H, W): Otsu threshold on the sum of the ``cell`` channels, each scaled by
+    its 99th percentile and smoothed at sigma 2, united with the nuclei ``fg``; the nuclei
+    alone when no channel stains cells."""
+    if not cell:
+        return fg
+    eps = 1.0
+    peak = np.percentile(img[list(cell)].reshape(len(cell), -1), 99, axis=1)
+    signal = ndi.gaussian_filter(
+        sum(img[ch] / (p + eps) for ch, p in zip(cell, peak, strict=True)), 2.0
+    )
+    return (signal > otsu(signal)) | fg
+
+
+def nucleoli(rna: np.ndarray, fg: np.ndarray) -> float:
+    """Nucleoli in the nuclei ``fg``: local maxima (5 px window) of the RNA channel's
+    difference of Gaussians (sigma 1 - 3) above half the median RNA level in nuclei."""
+    dog = ndi.gaussian_filter(rna, 1.0) - ndi.gaussian_filter(rna, 3.0)
+    spots = (dog == ndi.maximum_filter(dog, size=5)) & fg
+    spots &= dog > 0.5 * (np.median(rna[fg]) if fg.any() else np.inf)
+    return float(spots.sum())
 
 
 def _shard_sites(path: str, selected: frozenset | None) -> tuple[pd.DataFrame, list[np.ndarray]]:
@@ -249,25 +315,34 @@ def _selection(data) -> tuple[list[str], object]:
     return [str(f) for f in ds.files], None if keys is None else ray.put(frozenset(keys))
 
 
-def _handcrafted_shard(path: str, selected) -> tuple[pd.DataFrame, np.ndarray]:
+def _handcrafted_shard(path: str, selected, roles: Stains) -> tuple[pd.DataFrame, np.ndarray]:
     meta, sites = _shard_sites(path, selected)
-    feats = np.stack([site_features(s) for s in sites]) if sites else np.zeros((0, 0))
-    return _well_sums(meta, feats.reshape(len(sites), len(FEATURE_NAMES)))
+    feats = np.stack([site_features(s, roles) for s in sites]) if sites else np.zeros((0, 0))
+    return _well_sums(meta, feats.reshape(len(sites), len(roles.feature_names)))
 
 
 def handcrafted_wells(data, progress: bool = True) -> tuple[pd.DataFrame, np.ndarray]:
     """Hand-crafted features of every selected site of a dataset (folder, curation or open
-    ``Dataset``), averaged to wells: (wells, X (n_wells, len(FEATURE_NAMES)) float32). One Ray
-    task per shard. Remembered in this process for the same shards (path, size, mtime) and
-    selection: a ladder's phenoprints curation and its baselines both need them."""
+    ``Dataset``), averaged to wells: (wells, X (n_wells, len(stains(...).feature_names))
+    float32), the channels' roles from their names (channels of unknown names are named on
+    stderr). One Ray task per shard. Remembered in this process for the same shards (path,
+    size, mtime) and selection: a ladder's phenoprints curation and its baselines both
+    need them."""
     ds = data if isinstance(data, Dataset) else open_dataset(data)
+    roles = stains(ds.channel_names)
+    if roles.unmapped:
+        print(
+            f"handcrafted: no stain known for channels {list(roles.unmapped)}: "
+            "per-channel features only",
+            file=sys.stderr,
+        )
     keys = ds.selected_keys()
     shards = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in map(Path, ds.files))
     key = (shards, None if keys is None else frozenset(keys))
     if key not in _LAST_HANDCRAFTED:
         init_ray()
         selected = None if keys is None else ray.put(key[1])
-        jobs = [(f, selected) for f, *_ in shards]
+        jobs = [(f, selected, roles) for f, *_ in shards]
         parts = parallel_map(_handcrafted_shard, jobs, desc="features", progress=progress)
         _LAST_HANDCRAFTED.clear()  # one dataset's features at a time
         _LAST_HANDCRAFTED[key] = _combine(parts)
