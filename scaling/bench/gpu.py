@@ -365,10 +365,10 @@ def plain_embed(spec, world: str, device) -> tuple[float, int]:
     in memory (N, C, crop, crop) uint8, batches of 256, on ``device``: (seconds, tiles)."""
     import numpy as np
 
-    from scaling.evaluate.embed import build, shard_tiles
-    from scaling.shards.dataset import open_dataset
+    from scaling.evaluate.embed import build, read_tiles, screen, tile_tasks
 
-    parts = [shard_tiles({"file": [str(f)]}, spec.crop, None) for f in open_dataset(world).files]
+    tasks = tile_tasks(screen(world, spec.crop))
+    parts = [read_tiles({k: [v] for k, v in t.items()}, spec.crop) for t in tasks]
     tiles = torch.from_numpy(np.concatenate([p["tiles"] for p in parts])).to(device)
     model = build(spec).to(device)
     with torch.inference_mode(), autocast(spec.cfg.train.precision, device):

@@ -1,13 +1,15 @@
-"""Every block's embedding of every well, in one forward pass per crop (ARCHITECTURE
-section 4): each site is tiled into non-overlapping crops (edge remainders dropped), each
-crop goes once through the encoder without masking (``MAE.embed_blocks``: for every block
-b, the mean of the patch tokens after the final LayerNorm applied to block b's output), and
-a well's embedding is the mean over all crops of its sites.
+"""Well embeddings at every block (``scaling evaluate``) or at one (``scaling embed``), in one
+forward pass per crop (ARCHITECTURE section 4): each site is tiled into non-overlapping
+crops (edge remainders dropped), each crop goes once through the encoder without masking,
+stopped after the last block asked for (``MAE.embed_blocks``: for every block b, the mean of
+the patch tokens after the final LayerNorm applied to block b's output), and a well's
+embedding is the mean over all crops of its sites.
 
-Inference runs on Ray Data: one read task per shard cuts the tiles, a pool of actors (each
-holding the model once) embeds batches with ``map_batches``, and the driver sums crops into
-wells as batches arrive, so on a cluster the actors spread over the nodes (``num_gpus``
-per actor when GPUs are there).
+Inference runs on Ray Data: read tasks of about ``TASK_BYTES`` read only the row groups that
+hold wanted sites and cut their tiles; a pool of actors (each holding the model once, GPU
+actors in bf16 when the cluster has GPUs) embeds batches with ``map_batches`` and sums each
+batch's tiles per well; the driver adds those sums and hands on each well as soon as all
+its tiles are in (``WellMeans``), so what it holds is the wells in flight, not the screen.
 
 A model is given by a checkpoint folder (``model.safetensors`` + ``config.yaml``, written
 by every training checkpoint) or a run folder (its ``result.json`` names the checkpoint).
@@ -22,19 +24,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import ray
 import torch
 
 from scaling.capacity import Capacity, detect
-from scaling.config import Config, load_config
+from scaling.config import Config, DataConfig, load_config
 from scaling.errors import InputError
 from scaling.model.mae import MAE
 from scaling.model.precision import autocast
 from scaling.model.sizes import SIZES
 from scaling.progress import bar
-from scaling.shards.dataset import Dataset, open_dataset, read_selected, well_keys, well_table
-from scaling.shards.format import KEY_COLUMNS
-from scaling.stream.crops import decode_sites, grid_tiles
+from scaling.shards.dataset import Dataset, open_dataset, well_keys
+from scaling.shards.format import CHANNELS, KEY_COLUMNS
+from scaling.stream.crops import GEOMETRY, decode_sites, grid_tiles
+from scaling.stream.plan import site_index
+
+TASK_BYTES = 64 << 20  # uncompressed pixels a read task reads
+READ_COLUMNS = KEY_COLUMNS + GEOMETRY + ["pixels"]
 
 
 @dataclass
@@ -92,30 +99,168 @@ def build(spec: ModelSpec) -> MAE:
 
 
 class Embedder:
-    """A Ray Data actor: tiles (B, C, crop, crop) uint8 -> every block's embedding."""
+    """A Ray Data actor: tiles (B, C, crop, crop) uint8 with their well keys -> per well of
+    the batch, its tile count ``n`` and the sum ``sum`` (W, blocks, D) float64 of its tiles'
+    embeddings at blocks 1..``depth`` (only block ``depth`` with ``last_only``)."""
 
-    def __init__(self, spec: ModelSpec, threads: int = 0):
+    def __init__(self, spec: ModelSpec, depth: int, last_only: bool = False, threads: int = 0):
         if threads:
             torch.set_num_threads(threads)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = build(spec).to(self.device)
-        self.precision = spec.cfg.train.precision  # the run's own (scaling.model.precision)
+        self.depth, self.last_only = depth, last_only
+        # bf16 on GPUs; on CPU the run's own precision (scaling.model.precision)
+        self.precision = "bf16" if self.device == "cuda" else spec.cfg.train.precision
 
     def __call__(self, batch: dict) -> dict:
         x = torch.from_numpy(np.ascontiguousarray(batch["tiles"])).to(self.device)
         with torch.inference_mode(), autocast(self.precision, self.device):
-            emb = self.model.embed_blocks(x)  # (B, depth, D) float32
-        return {"key": batch["key"], "emb": emb.float().cpu().numpy()}
+            emb = self.model.embed_blocks(x, self.depth)  # (B, depth, D) float32
+        emb = (emb[:, -1:] if self.last_only else emb).double().cpu().numpy()
+        codes, keys = pd.factorize(batch["key"])
+        sums = np.zeros((len(keys), *emb.shape[1:]), np.float64)
+        np.add.at(sums, codes, emb)
+        return {"key": np.asarray(keys, object), "n": np.bincount(codes), "sum": sums}
 
 
-def shard_tiles(item: dict, crop: int, keys: list[str] | None) -> dict:
-    """One shard -> its sites' grid tiles with their well keys (a Ray Data map step)."""
-    table = read_selected(str(item["file"][0]), keys)
-    if table.num_rows == 0:
-        return {"key": np.array([], dtype=object), "tiles": np.zeros((0, 1, crop, crop), np.uint8)}
-    tiles = [grid_tiles(s, crop) for s in decode_sites(table)]
-    key = well_keys(table).to_numpy(zero_copy_only=False)
-    return {"key": np.repeat(key, [len(t) for t in tiles]), "tiles": np.concatenate(tiles)}
+@dataclass(frozen=True)
+class Screen:
+    """What to embed: ``wells`` (sorted by key: experiment, plate, well, perturbation,
+    is_control, ``key`` and ``tiles``, the crops it yields) and ``sites`` (the site index
+    rows of those wells, ``scaling.stream.plan.site_index``)."""
+
+    ds: Dataset
+    crop: int
+    wells: pd.DataFrame
+    sites: pd.DataFrame
+
+
+def screen(data, crop: int) -> Screen:
+    """Every well of ``data`` (a folder, curation or ``Dataset``; its selection respected)
+    with the number of ``crop`` tiles its sites give; metadata only. An ``InputError``
+    when there is no well, or a well has no tile."""
+    ds = data if isinstance(data, Dataset) else open_dataset(data)
+    sites = site_index(ds, DataConfig(crop=crop))
+    sites["key"] = well_keys(pa.Table.from_pandas(sites[KEY_COLUMNS])).to_numpy(
+        zero_copy_only=False
+    )
+    selected = ds.selected_keys()
+    if selected is not None:
+        sites = sites[sites["key"].isin(selected)]
+    sites = sites.assign(tiles=(sites["height"] // crop) * (sites["width"] // crop))
+    wells = (
+        sites.groupby("key", sort=True)
+        .agg(
+            **{c: (c, "first") for c in KEY_COLUMNS + ["perturbation", "is_control"]},
+            tiles=("tiles", "sum"),
+        )
+        .reset_index()
+    )
+    if not len(wells):
+        raise InputError(f"{ds.root}: no wells to embed")
+    if (wells["tiles"] == 0).any():
+        raise InputError(
+            f"{ds.root}: well {wells.loc[wells['tiles'] == 0, 'key'].iloc[0]} has no tile of {crop} px"
+        )
+    return Screen(
+        ds, crop, wells[KEY_COLUMNS + ["perturbation", "is_control", "key", "tiles"]], sites
+    )
+
+
+def tile_tasks(scr: Screen, keys=None, task_bytes: int = TASK_BYTES) -> list[dict]:
+    """Read tasks for the sites of ``keys`` (default: every well of the screen): row groups
+    of one shard, about ``task_bytes`` (uncompressed) a task, each with the rows it keeps."""
+    rows = scr.sites if keys is None else scr.sites[scr.sites["key"].isin(keys)]
+    tasks, cur, size = [], None, 0
+    for (f, g), r in rows.groupby(["file", "group"], sort=True):
+        if cur is None or cur["file"] != str(scr.ds.files[f]) or size >= task_bytes:
+            cur, size = {"file": str(scr.ds.files[f]), "groups": [], "rows": []}, 0
+            tasks.append(cur)
+        cur["groups"].append(int(g))
+        cur["rows"].append(r["row"].to_numpy().tolist())
+        size += int(r["group_bytes"].iloc[0])
+    return tasks
+
+
+def read_tiles(batch: dict, crop: int) -> dict:
+    """One read task (``tile_tasks``) -> its sites' grid tiles with their well keys."""
+    task = {k: batch[k][0] for k in ("file", "groups", "rows")}
+    pf = pq.ParquetFile(task["file"])
+    keys, tiles = [], []
+    for g, rows in zip(task["groups"], task["rows"], strict=True):
+        t = pf.read_row_group(int(g), columns=READ_COLUMNS, use_threads=False).take(pa.array(rows))
+        grid = [grid_tiles(s, crop) for s in decode_sites(t)]
+        keys.append(np.repeat(well_keys(t).to_numpy(zero_copy_only=False), [len(x) for x in grid]))
+        tiles += grid
+    return {"key": np.concatenate(keys), "tiles": np.concatenate(tiles)}
+
+
+class WellMeans:
+    """Adds per-batch well sums (``Embedder``'s output) and hands on each well once all its
+    tiles are in: ``add`` -> (keys, means (k, blocks, D) float32) of the wells it completed.
+    Holds only wells still missing tiles."""
+
+    def __init__(self, expected: dict[str, int]):
+        self.expected, self.open = expected, {}
+
+    def add(self, batch: dict) -> tuple[list[str], np.ndarray]:
+        done, means = [], []
+        for key, n, s in zip(batch["key"], batch["n"], batch["sum"], strict=True):
+            seen, total = self.open.get(key, (0, 0.0))
+            seen, total = seen + int(n), total + s
+            if seen < self.expected[key]:
+                self.open[key] = (seen, total)
+                continue
+            self.open.pop(key, None)
+            done.append(key)
+            means.append((total / seen).astype(np.float32))
+        return done, np.stack(means) if means else np.zeros(
+            (0, *batch["sum"].shape[1:]), np.float32
+        )
+
+
+def embed_stream(
+    scr: Screen,
+    spec: ModelSpec,
+    depth: int | None = None,
+    last_only: bool = False,
+    keys=None,
+    batch_size: int = 256,
+    actors: int = 1,
+    cpus_per_actor: float = 1.0,
+):
+    """Yield (keys, means (k, blocks, D) float32) as wells of ``keys`` (default: all of the
+    screen) complete: every block 1..``depth`` (default the model's depth), or block
+    ``depth`` alone with ``last_only``. The encoder runs only up to block ``depth``."""
+    from scaling.parallel import init_ray
+
+    depth = depth or spec.depth
+    tasks = tile_tasks(scr, keys)
+    if not tasks:
+        return
+    init_ray()
+    gpus = 1 if detect().gpus >= 1 else 0  # the shape's: GPU nodes may not be up yet
+    tiles = ray.data.from_items(tasks, override_num_blocks=len(tasks)).map_batches(
+        read_tiles, batch_size=1, fn_kwargs={"crop": scr.crop}
+    )
+    emb = tiles.map_batches(
+        Embedder,
+        fn_constructor_kwargs={
+            "spec": spec,
+            "depth": depth,
+            "last_only": last_only,
+            "threads": max(1, int(cpus_per_actor)),
+        },
+        batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=cpus_per_actor,
+        num_gpus=gpus,
+    )
+    means = WellMeans(dict(zip(scr.wells["key"], scr.wells["tiles"], strict=True)))
+    for batch in emb.iter_batches(batch_size=None, batch_format="numpy"):
+        done, x = means.add(batch)
+        if done:
+            yield done, x
 
 
 def embed_wells(
@@ -127,43 +272,27 @@ def embed_wells(
     progress: bool = True,
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """All wells of ``data`` -> (wells, E) with E (n_blocks, n_wells, D) float32: E[b] is the
-    embedding of every well at block b+1."""
-    from scaling.parallel import init_ray
-
-    ds = data if isinstance(data, Dataset) else open_dataset(data)
-    wells = well_table(ds).sort_values(KEY_COLUMNS).reset_index(drop=True)
-    if not len(wells):
-        raise InputError(f"{ds.root}: no wells to embed")
-    keys = well_keys(pa.Table.from_pandas(wells[KEY_COLUMNS])).to_pylist()
-    selected = None if ds.wells is None else keys  # a curation: read only its wells
-    init_ray()
-    gpus = 1 if detect().gpus >= 1 else 0  # the shape's: GPU nodes may not be up yet
-    tiles = ray.data.from_items(
-        [{"file": str(f)} for f in ds.files], override_num_blocks=len(ds.files)
-    ).map_batches(shard_tiles, batch_size=1, fn_kwargs={"crop": spec.crop, "keys": selected})
-    emb = tiles.map_batches(
-        Embedder,
-        fn_constructor_kwargs={"spec": spec, "threads": max(1, int(cpus_per_actor))},
-        batch_size=batch_size,
-        compute=ray.data.ActorPoolStrategy(size=actors),
-        num_cpus=cpus_per_actor,
-        num_gpus=gpus,
+    embedding of every well at block b+1 (wells sorted by experiment, plate, well)."""
+    scr = screen(data, spec.crop)
+    check_channels(scr.ds, spec)
+    row = {k: i for i, k in enumerate(scr.wells["key"])}
+    E = np.zeros((spec.depth, len(row), SIZES[spec.cfg.model.name].width), np.float32)
+    stream = embed_stream(
+        scr, spec, batch_size=batch_size, actors=actors, cpus_per_actor=cpus_per_actor
     )
-    row = {k: i for i, k in enumerate(keys)}
-    width = SIZES[spec.cfg.model.name].width
-    sums = np.zeros((len(wells), spec.depth, width), np.float64)  # (wells, blocks, D)
-    counts = np.zeros(len(wells), np.int64)
-    with bar(total=len(wells), desc="embed", unit="well", enabled=progress) as b:
-        for batch in emb.iter_batches(batch_size=None, batch_format="numpy"):
-            idx = np.fromiter((row[k] for k in batch["key"]), np.int64, len(batch["key"]))
-            before = int((counts > 0).sum())
-            np.add.at(counts, idx, 1)
-            np.add.at(sums, idx, batch["emb"])
-            b.update(int((counts > 0).sum()) - before)
-    if (counts == 0).any():
-        missing = keys[int(np.argmax(counts == 0))]
-        raise InputError(f"{ds.root}: well {missing} has no tile of {spec.crop} px")
-    return wells, (sums / counts[:, None, None]).transpose(1, 0, 2).astype(np.float32)
+    with bar(total=len(row), desc="embed", unit="well", enabled=progress) as b:
+        for keys, x in stream:
+            E[:, [row[k] for k in keys]] = x.transpose(1, 0, 2)
+            b.update(len(keys))
+    return scr.wells.drop(columns=["key", "tiles"]), E
+
+
+def check_channels(ds: Dataset, spec: ModelSpec) -> None:
+    """An ``InputError`` unless the model was trained on the data's channels (a model that
+    records none was trained on RxRx3's six)."""
+    names, want = list(ds.channel_names), list(spec.cfg.model.channels) or list(CHANNELS)
+    if names != want:
+        raise InputError(f"{ds.root}: channels {names}, but the model was trained on {want}")
 
 
 def default_actors(cap: Capacity | None = None) -> int:
