@@ -265,8 +265,10 @@ def cmd_evaluate(a) -> int:
 
 
 def cmd_benchmark(a) -> int:
+    from scaling.atomic import check_out
     from scaling.evaluate.maps import benchmark
 
+    check_out(a.out, [a.embeddings, a.truth], overwrite=True)  # a JSON file, replaced
     r = benchmark(a.embeddings, a.truth, a.out, tvn=not a.no_tvn, seed=a.seed)
     c = r["consistency"]
     recall = "  ".join(f"{k} {v:.3f}" for k, v in r["recall"].items())

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from scaling.atomic import atomic_folder
+from scaling.atomic import atomic_folder, check_out
 from scaling.errors import InputError
 from scaling.shards.dataset import open_dataset, well_table
 from scaling.shards.format import KEY_COLUMNS
@@ -113,6 +113,15 @@ def reference_embedding(ds, reference: str | None, block: int | None):
     return wells, e[b - 1]
 
 
+def reference_inputs(params: dict) -> list[Path]:
+    """What a ``reference`` checkpoint (or run folder) option reads, checked before use."""
+    if params.get("reference") is None:
+        return []
+    from scaling.evaluate.evaluate import checkpoint_inputs
+
+    return checkpoint_inputs(params["reference"])
+
+
 def truth_scores(chosen: pd.DataFrame, truth) -> dict | None:
     """Precision and recall of the kept genes against the truth's ``active`` flag."""
     path = truth / "perturbations.parquet"
@@ -143,10 +152,8 @@ def curate(data, strategy: str, out, seed: int = 0, overwrite: bool = False, **p
         if k not in accepted:
             flag = "--wells" if k == "wells_count" else "--" + k.replace("_", "-")
             raise InputError(f"{flag}: not an option of the {strategy} strategy")
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise InputError(f"{out}: exists and is not empty (pass --overwrite to replace it)")
     ds = open_dataset(data)
+    out = check_out(out, [data, ds.root, *reference_inputs(params)], overwrite)
     wells = well_table(ds)
     rng = np.random.default_rng([seed, 5])
     mask = fn(wells, rng, ds, **params)

@@ -24,9 +24,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from scaling.atomic import atomic_folder
-from scaling.errors import InputError
-from scaling.evaluate.embed import ModelSpec, default_actors, embed_wells, load_spec
+from scaling.atomic import atomic_folder, check_out
+from scaling.evaluate.embed import (
+    ModelSpec,
+    default_actors,
+    embed_wells,
+    find_checkpoint,
+    load_spec,
+)
 from scaling.evaluate.maps import map_benchmarks
 from scaling.evaluate.probes import probe_blocks
 from scaling.evaluate.table import read_truth, write_embeddings
@@ -63,6 +68,12 @@ def score_blocks(
     return df.astype({"block": "int64", "value": "float64"}), best
 
 
+def checkpoint_inputs(checkpoint) -> list[Path]:
+    """What reading a checkpoint reads: its folder and, for a run folder, ``result.json``
+    (the run folder itself is not an input: ``RUN/eval`` is a fine output)."""
+    return [find_checkpoint(checkpoint), Path(checkpoint) / "result.json"]
+
+
 def evaluate(
     checkpoint,
     data,
@@ -77,6 +88,7 @@ def evaluate(
 ) -> dict:
     """Embed every block of the checkpoint's model, score it and the baselines; write OUT."""
     spec = load_spec(checkpoint)
+    check_out(out, checkpoint_inputs(checkpoint), overwrite)
     specs = {"mae": spec}
     if baselines:
         specs["random-init"] = ModelSpec(spec.cfg, None, seed)
@@ -112,9 +124,8 @@ def evaluate_models(
     pixel baselines), score them on ``data`` and write OUT; returns the summary."""
     ds = open_dataset(data)
     perturbations, relationships = read_truth(ds.truth)
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise InputError(f"{out}: exists and is not empty (pass --overwrite to replace it)")
+    weights = [Path(s.weights).parent for s in specs.values() if s.weights is not None]
+    out = check_out(out, [data, ds.root, *weights], overwrite)  # before any embedding
     actors = actors or default_actors()
 
     models = {}

@@ -52,7 +52,7 @@ import pyarrow.parquet as pq
 import tifffile
 from PIL import Image
 
-from scaling.atomic import atomic_folder
+from scaling.atomic import atomic_folder, check_out
 from scaling.errors import InputError
 from scaling.progress import bar as progress_bar
 from scaling.shards.format import (
@@ -151,12 +151,7 @@ def check_paths(images: Path, metadata: Path, out: Path, overwrite: bool) -> Non
         raise InputError(f"{images}: not a folder of images")
     if not metadata.is_file():
         raise InputError(f"{metadata}: no such metadata CSV")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not overwrite:
-            raise InputError(f"{out}: exists and is not empty (pass --overwrite to replace it)")
-        for src in (images, metadata):
-            if src.resolve().is_relative_to(out.resolve()):
-                raise InputError(f"{out}: holds the input {src}; refusing to overwrite it")
+    check_out(out, (images, metadata), overwrite)
 
 
 def compile_pattern(text: str) -> Pattern:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from scaling.atomic import atomic_folder
+from scaling.atomic import atomic_folder, check_out
 from scaling.errors import InputError
 from scaling.parallel import init_ray, parallel_map
 from scaling.shards.format import site_table, write_shard
@@ -75,9 +75,7 @@ def synthesize(
         if preset not in PRESETS:
             raise InputError(f"--preset: unknown preset {preset!r} (have {', '.join(PRESETS)})")
         spec = PRESETS[preset]
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise InputError(f"{out}: exists and is not empty (pass --overwrite to replace it)")
+    out = check_out(out, overwrite=overwrite)
     with atomic_folder(out) as tmp:
         bio = make_biology(spec, seed)
         plates = make_layout(spec, bio, seed)
