@@ -63,11 +63,22 @@ def cmd_ingest(a) -> int:
         mapping=a.map,
         control=a.control,
         overwrite=a.overwrite,
+        layout=a.layout,
+        platemap=a.platemap,
+        channels=a.channels,
+        plane=a.plane,
+        illum=a.illum,
+        illum_sigma=a.illum_sigma,
+        path_map=a.path_map,
     )
     print(
         f"wrote {a.out}: {s['plates']} plates, {s['wells']} wells, {s['sites']} sites, "
-        f"{s['channels']} channels, {s['dtype']}"
+        f"{s['channels']} channels, {s['dtype']} ({', '.join(s['channel_names'])})"
     )
+    if s["left_out"]:
+        print(f"left out {', '.join(s['left_out'])} (name them in --channels to keep them)")
+    if s["illum"]:
+        print(f"illumination-corrected; flat fields in {Path(a.out) / 'illum'}")
     return 0
 
 
@@ -307,26 +318,70 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_inspect)
 
-    s = sub.add_parser("ingest", help="per-channel image files + metadata CSV -> shards")
-    s.add_argument("--images", required=True, help="folder of per-channel PNG/TIFF files")
-    s.add_argument("--metadata", required=True, help="CSV with one row per well or per site")
+    s = sub.add_parser("ingest", help="real plates (image files + metadata CSVs) -> shards")
+    s.add_argument(
+        "--layout",
+        choices=["rxrx", "harmony", "jump"],
+        default="rxrx",
+        help="rxrx: files by --pattern + metadata CSV (default); harmony: Phenix/Harmony "
+        "file names; jump: a CellProfiler LoadData CSV (--metadata) + --platemap",
+    )
+    s.add_argument(
+        "--images",
+        help="folder of PNG/TIFF files (rxrx, harmony); jump: the folder relative "
+        "PathName_Orig* are under (default: the LoadData CSV's folder)",
+    )
+    s.add_argument(
+        "--metadata",
+        required=True,
+        help="CSV with one row per well or per site; jump: the LoadData CSV",
+    )
     s.add_argument("--out", required=True)
     s.add_argument(
         "--pattern",
-        default="{plate}/{well}_s{site}_w{channel}.png",
-        help="file path template under --images (default: the RxRx layout)",
+        help="file path template under --images (default: the RxRx layout, or Harmony's)",
     )
+    s.add_argument("--platemap", help="jump: plate map CSV/TSV (well -> perturbation, control)")
     s.add_argument(
         "--map",
         action="append",
         default=[],
         metavar="FIELD=COLUMN",
-        help="CSV column for a field (experiment, plate, well, site, perturbation, is_control)",
+        help="CSV column for a field (experiment, plate, well, site, perturbation, "
+        "is_control); jump: plate-map columns, experiment in the LoadData CSV",
     )
     s.add_argument(
         "--control",
         metavar="COLUMN=VALUE",
-        help="rows where COLUMN equals VALUE are negative controls",
+        help="rows where COLUMN equals VALUE are negative controls "
+        "(jump default: Metadata_control_type=negcon)",
+    )
+    s.add_argument(
+        "--channels",
+        metavar="LIST",
+        help="channel names in order: jump picks by name (default DNA,ER,RNA,AGP,Mito, "
+        "bright-field left out); numbered files: NAME,... for all or N=NAME,... to pick",
+    )
+    s.add_argument(
+        "--plane", metavar="N|max", help="focal plane to keep (1-based) or max projection"
+    )
+    s.add_argument(
+        "--illum",
+        action="store_true",
+        help="divide each plate's images by its flat fields (out/illum/{plate}.npy)",
+    )
+    s.add_argument(
+        "--illum-sigma",
+        type=float,
+        metavar="PX",
+        help="Gaussian smoothing of the flat fields (default: image side / 20)",
+    )
+    s.add_argument(
+        "--path-map",
+        action="append",
+        default=[],
+        metavar="OLD=NEW",
+        help="jump: replace a PathName_Orig* prefix (e.g. s3://cellpainting-gallery/=/data/)",
     )
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(fn=cmd_ingest)
