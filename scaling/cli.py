@@ -292,6 +292,19 @@ def cmd_benchmark(a) -> int:
     return 0
 
 
+def cmd_export(a) -> int:
+    from scaling.model.export import export
+
+    c = export(a.checkpoint, a.out, evaluation=a.evaluation, overwrite=a.overwrite)
+    s = c["size"]
+    print(
+        f"wrote {a.out}: model.safetensors (encoder {s['name']}, {s['depth']} blocks of "
+        f"{s['width']}, float32, no decoder), config.json ({c['channels']} channels: "
+        f"{', '.join(c['channel_names'])}), README.md"
+    )
+    return 0
+
+
 def cmd_demo(a) -> int:
     from scaling.demo import demo
 
@@ -486,6 +499,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--no-tvn", action="store_true", help="benchmarks without TVN")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(fn=cmd_benchmark)
+
+    s = sub.add_parser("export", help="a checkpoint's encoder as a self-contained model folder")
+    s.add_argument("--checkpoint", required=True, help="checkpoint folder or run folder")
+    s.add_argument("--out", required=True, help="folder: model.safetensors, config.json, card")
+    s.add_argument("--evaluation", help="a `scaling evaluate` output for the model card")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(fn=cmd_export)
 
     s = sub.add_parser("demo", help="the main job on the synthetic world, end to end")
     s.add_argument("--out", default="demo-out", help="folder for everything (demo-out)")
