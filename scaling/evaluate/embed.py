@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 import torch
+from ray.data.block import BlockAccessor, BlockMetadata
+from ray.data.datasource import Datasource, ReadTask
 
 from scaling.capacity import Capacity, detect
 from scaling.config import Config, DataConfig, load_config
@@ -179,12 +182,35 @@ def tile_tasks(scr: Screen, keys=None, task_bytes: int = TASK_BYTES) -> list[dic
         cur["groups"].append(int(g))
         cur["rows"].append(r["row"].to_numpy().tolist())
         size += int(r["group_bytes"].iloc[0])
+        cur["nbytes"] = size
     return tasks
 
 
-def read_tiles(batch: dict, crop: int) -> dict:
-    """One read task (``tile_tasks``) -> its sites' grid tiles with their well keys."""
-    task = {k: batch[k][0] for k in ("file", "groups", "rows")}
+class TileReads(Datasource):
+    """The read tasks of ``tile_tasks``, one block of tiles each, made when it runs."""
+
+    def __init__(self, tasks: list[dict], crop: int):
+        self.tasks, self.crop = tasks, crop
+
+    def estimate_inmemory_data_size(self) -> int:
+        return sum(t["nbytes"] for t in self.tasks)
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None):
+        return [
+            ReadTask(
+                partial(_tile_block, t, self.crop),
+                BlockMetadata(num_rows=None, size_bytes=t["nbytes"], exec_stats=None),
+            )
+            for t in self.tasks
+        ]
+
+
+def _tile_block(task: dict, crop: int) -> list:
+    return [BlockAccessor.batch_to_block(read_tiles(task, crop))]
+
+
+def read_tiles(task: dict, crop: int) -> dict:
+    """A read task (``tile_tasks``) -> its sites' grid tiles with their well keys."""
     pf = pq.ParquetFile(task["file"])
     keys, tiles = [], []
     for g, rows in zip(task["groups"], task["rows"], strict=True):
@@ -240,9 +266,8 @@ def embed_stream(
         return
     init_ray()
     gpus = 1 if detect().gpus >= 1 else 0  # the shape's: GPU nodes may not be up yet
-    tiles = ray.data.from_items(tasks, override_num_blocks=len(tasks)).map_batches(
-        read_tiles, batch_size=1, fn_kwargs={"crop": scr.crop}
-    )
+    # a block of tiles per read task: tasks run apart and stream into the actors
+    tiles = ray.data.read_datasource(TileReads(tasks, scr.crop), override_num_blocks=len(tasks))
     emb = tiles.map_batches(
         Embedder,
         fn_constructor_kwargs={

@@ -32,7 +32,7 @@ from scaling.shards.format import site_table, write_shard
 from scaling.world.biology import N_FEATURES, Biology, make_biology
 from scaling.world.layout import Plate, make_layout
 from scaling.world.presets import PRESETS, WorldSpec
-from scaling.world.render import FEATURES, render_site
+from scaling.world.render import FEATURES, STAINS, in_stains, render_site
 
 WELL_JITTER = 0.05  # biological well-to-well variation of the phenotype
 
@@ -45,7 +45,8 @@ def render_plate(plate: Plate, spec: WorldSpec, bio: Biology, seed: int, path: s
         phen = bio.gene_phenotype(pert) + jitter
         for site in range(spec.sites):
             rng = np.random.default_rng([seed, 3, plate.index, w, site])
-            images.append(render_site(phen, plate.batch, spec.size, spec.cells, rng))
+            site_img = render_site(phen, plate.batch, spec.size, spec.cells, rng)
+            images.append(in_stains(site_img, spec.stains))
             meta.append(
                 dict(
                     experiment=plate.experiment,
@@ -56,7 +57,7 @@ def render_plate(plate: Plate, spec: WorldSpec, bio: Biology, seed: int, path: s
                     is_control=ctrl,
                 )
             )
-    write_shard(site_table(meta, images), Path(path))
+    write_shard(site_table(meta, images, STAINS[spec.stains]), Path(path))
     return len(images)
 
 
