@@ -305,6 +305,27 @@ def cmd_export(a) -> int:
     return 0
 
 
+def cmd_embed(a) -> int:
+    from scaling.evaluate.screen import embed_screen
+
+    s = embed_screen(
+        a.checkpoint,
+        a.data,
+        a.out,
+        block=a.block,
+        evaluation=a.evaluation,
+        batch_size=a.batch_size,
+        actors=a.actors,
+        overwrite=a.overwrite,
+    )
+    resumed = f", {s['resumed_wells']} from an interrupted run" if s["resumed_wells"] else ""
+    print(
+        f"wrote {s['out']}: {s['wells']} wells at block {s['block']}/{s['depth']}"
+        f"{resumed}, {s['seconds']:.1f} s"
+    )
+    return 0
+
+
 def cmd_demo(a) -> int:
     from scaling.demo import demo
 
@@ -327,7 +348,9 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("inspect", help="validate every shard of a dataset and summarise it")
     s.add_argument("dir")
-    s.add_argument("--channels", type=int, default=6, help="expected channels (default 6)")
+    s.add_argument(
+        "--channels", type=int, help="expected channels (default: as many as the shards name)"
+    )
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_inspect)
 
@@ -506,6 +529,17 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--evaluation", help="a `scaling evaluate` output for the model card")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(fn=cmd_export)
+
+    s = sub.add_parser("embed", help="well embeddings of a whole screen at one block")
+    s.add_argument("--checkpoint", required=True, help="checkpoint folder or run folder")
+    s.add_argument("--data", required=True, help="dataset or curation folder (no truth needed)")
+    s.add_argument("--out", required=True, help="the embeddings, a .parquet file")
+    s.add_argument("--block", default="best", help="block number, or best: b* (default best)")
+    s.add_argument("--evaluation", help="`scaling evaluate` output whose b* --block best reads")
+    s.add_argument("--batch-size", type=int, default=256, help="tiles per actor batch (256)")
+    s.add_argument("--actors", type=int, help="embedding actors (default: from the cluster)")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(fn=cmd_embed)
 
     s = sub.add_parser("demo", help="the main job on the synthetic world, end to end")
     s.add_argument("--out", default="demo-out", help="folder for everything (demo-out)")

@@ -368,7 +368,7 @@ def plain_embed(spec, world: str, device) -> tuple[float, int]:
     from scaling.evaluate.embed import build, read_tiles, screen, tile_tasks
 
     tasks = tile_tasks(screen(world, spec.crop))
-    parts = [read_tiles({k: [v] for k, v in t.items()}, spec.crop) for t in tasks]
+    parts = [read_tiles(t, spec.crop) for t in tasks]
     tiles = torch.from_numpy(np.concatenate([p["tiles"] for p in parts])).to(device)
     model = build(spec).to(device)
     with torch.inference_mode(), autocast(spec.cfg.train.precision, device):

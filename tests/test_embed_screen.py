@@ -1,0 +1,134 @@
+"""``scaling embed``: a whole screen's well embeddings at one block, streamed, resumable."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from scaling.errors import InputError
+from scaling.evaluate import screen as screen_mod
+from scaling.evaluate.embed import WellMeans, embed_wells, load_spec
+from scaling.evaluate.screen import embed_screen
+from scaling.evaluate.table import read_embeddings
+from tests.conftest import run_cli
+
+KEY = ["experiment", "plate", "well"]
+
+
+def by_key(wells: pd.DataFrame, X: np.ndarray) -> dict:
+    return {"/".join(r): x for r, x in zip(wells[KEY].itertuples(index=False), X, strict=True)}
+
+
+@pytest.fixture(scope="module")
+def all_blocks(smoke_run, tiny_world):
+    """Every well at every block, by evaluate's path (``embed_wells``)."""
+    _, result, _ = smoke_run
+    return embed_wells(tiny_world, load_spec(result["checkpoint"]), progress=False)
+
+
+def feed(expected: dict, tiles: list, order) -> tuple[dict, list[int], WellMeans]:
+    """Tiles in ``order``, in batches of 7 summed per well as the actors do."""
+    means, got, held = WellMeans(expected), {}, []
+    for start in range(0, len(order), 7):
+        batch = [tiles[i] for i in order[start : start + 7]]
+        keys = sorted({k for k, _ in batch})
+        sums = np.array([[sum(v for k2, v in batch if k2 == k)] for k in keys])
+        n = np.array([sum(k2 == k for k2, _ in batch) for k in keys])
+        done, x = means.add({"key": np.array(keys, object), "n": n, "sum": sums})
+        got.update(zip(done, x[:, 0], strict=True))
+        held.append(len(means.open))
+    return got, held, means
+
+
+def test_wellmeans_hands_on_each_well_once_complete_and_holds_only_open_ones():
+    rng = np.random.default_rng(0)
+    expected = {f"w{i}": int(rng.integers(1, 6)) for i in range(40)}
+    tiles = [(k, rng.normal(size=3)) for k, n in expected.items() for _ in range(n)]
+    got, _, means = feed(expected, tiles, rng.permutation(len(tiles)))  # any order
+    assert set(got) == set(expected) and not means.open
+    for k in expected:  # brute force: the mean of the well's tiles
+        want = np.mean([v for k2, v in tiles if k2 == k], axis=0)
+        np.testing.assert_allclose(got[k], want, rtol=1e-6)
+    _, held, _ = feed(expected, tiles, np.arange(len(tiles)))  # as read: well after well
+    assert max(held) <= 2  # only the wells a batch cuts through are held
+
+
+def test_embed_at_a_block_equals_that_block_of_evaluate(
+    smoke_run, tiny_world, all_blocks, tmp_path
+):
+    _, result, _ = smoke_run
+    wells, E = all_blocks
+    out = tmp_path / "emb.parquet"
+    s = embed_screen(result["checkpoint"], tiny_world, out, block=1, progress=False, part_wells=50)
+    assert s["wells"] == len(wells) and s["block"] == 1 and s["resumed_wells"] == 0
+    got_wells, X = read_embeddings(out)
+    assert X.dtype == np.float32 and X.shape == (len(wells), E.shape[2])
+    assert set(pq.read_schema(out).names) >= {*KEY, "perturbation", "is_control", "features"}
+    got, want = by_key(got_wells, X), by_key(wells, E[0])
+    assert got.keys() == want.keys()
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-5)
+    assert not list(tmp_path.glob(".emb.parquet.*"))  # parts merged and removed
+    meta = json.loads(pq.read_schema(out).metadata[b"scaling"])
+    assert meta["block"] == 1 and len(meta["channels"]) == 6
+
+
+def test_an_interrupted_embed_resumes_from_its_parts(
+    smoke_run, tiny_world, all_blocks, tmp_path, monkeypatch
+):
+    _, result, _ = smoke_run
+    wells, E = all_blocks
+    out = tmp_path / "emb.parquet"
+    real, calls = screen_mod.write_part, []
+
+    def crash_after_two(*a):
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the job is killed after two parts
+        calls.append(1)
+        real(*a)
+
+    monkeypatch.setattr(screen_mod, "write_part", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        embed_screen(result["checkpoint"], tiny_world, out, block=2, progress=False, part_wells=40)
+    assert not out.exists() and len(list(tmp_path.glob(".emb.parquet.*/part-*"))) == 2
+    monkeypatch.setattr(screen_mod, "write_part", real)
+    s = embed_screen(result["checkpoint"], tiny_world, out, block=2, progress=False, part_wells=40)
+    assert s["resumed_wells"] >= 80 and s["wells"] == len(wells)
+    got_wells, X = read_embeddings(out)
+    assert not got_wells.duplicated(KEY).any()
+    got, want = by_key(got_wells, X), by_key(wells, E[1])
+    assert got.keys() == want.keys()
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-5)
+
+
+def test_block_best_reads_the_evaluation_and_bad_blocks_are_refused(
+    smoke_run, tiny_world, tmp_path
+):
+    _, result, _ = smoke_run
+    ev = tmp_path / "eval"
+    ev.mkdir()
+    (ev / "summary.json").write_text(json.dumps({"mae": {"best_block": 2, "blocks": 2}}))
+    out = tmp_path / "e.parquet"
+    code, stdout, _ = run_cli(
+        "embed", "--checkpoint", result["checkpoint"], "--data", tiny_world, "--out", out,
+        "--evaluation", ev,
+    )  # fmt: skip
+    assert code == 0 and "at block 2/2" in stdout
+    for block, msg in (
+        ("best", "no evaluation summary.json"),
+        ("7", "not a block"),
+        ("x", "neither"),
+    ):
+        code, _, err = run_cli(
+            "embed", "--checkpoint", result["checkpoint"], "--data", tiny_world,
+            "--out", tmp_path / "f.parquet", "--block", block,
+        )  # fmt: skip
+        assert code == 2 and msg in err and len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "f.parquet").exists()
+    with pytest.raises(InputError, match="is inside the input"):
+        embed_screen(result["checkpoint"], tiny_world, tiny_world / "e.parquet", block=1)
