@@ -84,6 +84,9 @@ class ModelConfig:
     grad_checkpoint: bool = False  # activation checkpointing, for the large sizes
     # the input channels' names, in order; empty: the data's (a run records them)
     channels: list[str] = field(default_factory=list)
+    # CA-MAE: one patch projection shared by the channels, a token per patch and channel
+    # (C x the tokens, C x the compute); its encoder embeds data of any channels
+    channel_agnostic: bool = False
 
     def validate(self) -> None:
         from scaling.model.sizes import SIZES

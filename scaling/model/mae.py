@@ -7,6 +7,18 @@ a CLS token, and a light decoder predicts every patch. Loss (ARCHITECTURE sectio
 FFT taken on images rebuilt from patches. ``embed_blocks`` returns every block's pooled
 embedding in one unmasked forward pass (ARCHITECTURE section 4).
 
+Channel-agnostic variant (``channel_agnostic=True``, the CA-MAE of Kraus et al., CVPR 2024):
+one patch projection shared by all channels, applied to each channel's p x p pixels alone,
+so a crop of C channels gives C x N tokens (channel-major: token c * N + n is channel c's
+patch n), each with its patch's 2-D sin-cos position. The encoder gets no channel
+embedding: it sees a set of tokens, so it embeds crops of any channel count and order (a
+permutation of the channels gives the same embedding). The decoder, which only training
+uses, adds a fixed 1-D sin-cos embedding of the channel's index to every token so that a
+mask token knows which channel to predict; it is computed for the crop's C, never stored.
+Masking draws from all C x N tokens at the same ratio; each token predicts its own p*p
+pixels (norm-pix: per token, i.e. per patch and channel); the Fourier term is the same
+one, on the image reassembled from the tokens (any C). Compute: C times the tokens.
+
 Speed, measured on CPU (README, "scaling bench model"): the Fourier term runs on ``rfft2``'s
 half spectrum with its own backward (one inverse real FFT), means and variances take two
 passes (``aten::std``/``var`` are several times slower), and bfloat16 attention on the CPU
@@ -14,7 +26,8 @@ runs as plain matmuls (:func:`attention`). Each computes what the plain formula 
 float rounding (tests/test_model.py).
 
 Shapes: B batch, C channels, H = W image side, p patch, N = (H / p)^2 patches,
-D encoder width, K visible patches.
+D encoder width, T tokens (N; C x N channel-agnostic), P a token's pixels (p*p*C; p*p
+channel-agnostic), K visible tokens.
 """
 
 from __future__ import annotations
@@ -121,6 +134,17 @@ def sincos_2d(dim: int, grid: int, cls: bool = True) -> torch.Tensor:
     return torch.tensor(emb[None], dtype=torch.float32)  # on the default device (meta too)
 
 
+def sincos_1d(dim: int, positions: int, device=None) -> torch.Tensor:
+    """Fixed 1-D sin-cos embedding of positions 0..positions-1: (1, positions, dim), sines
+    then cosines, frequencies as :func:`sincos_2d`'s (the channel-agnostic decoder's channel
+    embedding)."""
+    if dim % 2:
+        raise ValueError(f"embedding width {dim} must be even")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, device=device) / (dim / 2.0))
+    out = torch.arange(positions, device=device)[:, None] * omega[None]
+    return torch.cat([out.sin(), out.cos()], dim=1)[None].float()
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """softmax(q k^T / sqrt(hd)) v: (B, heads, T, hd) x 3 -> (B, heads, T, hd).
 
@@ -193,12 +217,17 @@ class MAE(nn.Module):
         layer_scale: float | None = None,
         fourier_weight: float = 0.01,
         grad_checkpoint: bool = False,
+        channel_agnostic: bool = False,
     ):
+        """``channels``: the input channels; with ``channel_agnostic`` only those of the
+        training data, as no weight depends on them (module docstring)."""
         super().__init__()
         self.grad_checkpoint = grad_checkpoint  # recompute block activations in backward
         if img_size % size.patch:
             raise ValueError(f"image side {img_size} is not a multiple of patch {size.patch}")
         self.size, self.img_size, self.channels = size, img_size, channels
+        self.channel_agnostic = channel_agnostic
+        token_channels = 1 if channel_agnostic else channels  # the channels a token holds
         self.mask_ratio, self.norm_pix_loss, self.fourier_weight = (
             mask_ratio,
             norm_pix_loss,
@@ -207,7 +236,7 @@ class MAE(nn.Module):
         p, d, dd = size.patch, size.width, size.dec_width
         self.grid = img_size // p
         self.num_patches = self.grid**2
-        self.patch_embed = nn.Conv2d(channels, d, kernel_size=p, stride=p)
+        self.patch_embed = nn.Conv2d(token_channels, d, kernel_size=p, stride=p)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.register_buffer("pos_embed", sincos_2d(d, self.grid), persistent=False)
         self.blocks = nn.ModuleList(
@@ -221,7 +250,7 @@ class MAE(nn.Module):
             Block(dd, size.dec_heads, size.dec_mlp, qk_norm) for _ in range(size.dec_depth)
         )
         self.decoder_norm = nn.LayerNorm(dd)
-        self.decoder_pred = nn.Linear(dd, p * p * channels)
+        self.decoder_pred = nn.Linear(dd, p * p * token_channels)
         self._init_weights()
 
     @classmethod
@@ -239,6 +268,7 @@ class MAE(nn.Module):
             layer_scale=m.layer_scale,
             fourier_weight=m.fourier_weight,
             grad_checkpoint=m.grad_checkpoint,
+            channel_agnostic=m.channel_agnostic,
         )
 
     def _init_weights(self) -> None:
@@ -256,23 +286,41 @@ class MAE(nn.Module):
 
     # --- patches -------------------------------------------------------------------------
     def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> the tokens' pixels (B, T, P): (B, N, p*p*C), patches in row-major
+        order, pixels (p, p, C); channel-agnostic (B, C*N, p*p), channel-major."""
+        b, c, h, w = imgs.shape
+        if self.channel_agnostic:
+            return self._patches(imgs.reshape(b * c, 1, h, w)).reshape(b, c * self.num_patches, -1)
+        return self._patches(imgs)
+
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, P) -> (B, C, H, W), the inverse of :meth:`patchify` (C from T or P)."""
+        b, t, _ = x.shape
+        if self.channel_agnostic:
+            c = t // self.num_patches
+            imgs = self._unpatches(x.reshape(b * c, self.num_patches, -1))
+            return imgs.reshape(b, c, *imgs.shape[-2:])
+        return self._unpatches(x)
+
+    def _patches(self, imgs: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, N, p*p*C), patches in row-major order, pixels (p, p, C)."""
         b, c, _, _ = imgs.shape
         p, g = self.size.patch, self.grid
         x = imgs.reshape(b, c, g, p, g, p).permute(0, 2, 4, 3, 5, 1)
         return x.reshape(b, g * g, p * p * c)
 
-    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, N, p*p*C) -> (B, C, H, W), the inverse of :meth:`patchify`."""
+    def _unpatches(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, p*p*C) -> (B, C, H, W), the inverse of :meth:`_patches`."""
         b = x.shape[0]
-        p, g, c = self.size.patch, self.grid, self.channels
+        p, g = self.size.patch, self.grid
+        c = x.shape[-1] // (p * p)
         x = x.reshape(b, g, g, p, p, c).permute(0, 5, 1, 3, 2, 4)
         return x.reshape(b, c, g * p, g * p)
 
     def random_masking(self, x: torch.Tensor, ratio: float, generator=None):
-        """Keep a random ``round(N * (1 - ratio))`` patches per sample.
+        """Keep a random ``round(T * (1 - ratio))`` tokens per sample.
 
-        x (B, N, D) -> visible (B, K, D), mask (B, N) with 1 = masked, ids_restore (B, N).
+        x (B, T, D) -> visible (B, K, D), mask (B, T) with 1 = masked, ids_restore (B, T).
         """
         b, n, d = x.shape
         keep = int(round(n * (1 - ratio)))
@@ -287,30 +335,47 @@ class MAE(nn.Module):
 
     # --- encoder / decoder -----------------------------------------------------------------
     def tokens(self, imgs: torch.Tensor) -> torch.Tensor:
-        """Standardised images (B, C, H, W) -> patch tokens with positions (B, N, D)."""
-        x = self.patch_embed(imgs).flatten(2).transpose(1, 2)
-        return x + self.pos_embed[:, 1:]
+        """Standardised images (B, C, H, W) -> patch tokens with positions (B, T, D):
+        (B, N, D), or channel-agnostic (B, C*N, D), each channel's patches embedded alone by
+        the shared projection, channel-major, with no channel embedding."""
+        b, c, h, w = imgs.shape
+        if self.channel_agnostic:
+            imgs = imgs.reshape(b * c, 1, h, w)  # channels into the batch: (B*C, 1, H, W)
+        x = self.patch_embed(imgs).flatten(2).transpose(1, 2) + self.pos_embed[:, 1:]
+        return x.reshape(b, -1, x.shape[-1])
 
     def with_cls(self, x: torch.Tensor) -> torch.Tensor:
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
         return torch.cat([cls, x], dim=1)
 
     def forward_encoder(self, imgs: torch.Tensor, ratio: float, generator=None):
-        """(B, C, H, W) standardised -> latent (B, 1 + K, D), mask (B, N), ids_restore (B, N)."""
+        """(B, C, H, W) standardised -> latent (B, 1 + K, D), mask (B, T), ids_restore (B, T)."""
         x, mask, ids_restore = self.random_masking(self.tokens(imgs), ratio, generator)
         x = self.run_blocks(self.blocks, self.with_cls(x))
         return self.norm(x), mask, ids_restore
 
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
-        """latent (B, 1 + K, D), ids_restore (B, N) -> predicted patches (B, N, p*p*C)."""
+        """latent (B, 1 + K, D), ids_restore (B, T) -> predicted tokens' pixels (B, T, P)."""
         x = self.decoder_embed(latent)
         b, k1, dd = x.shape
         n = ids_restore.shape[1]
         tokens = torch.cat([x[:, 1:], self.mask_token.expand(b, n + 1 - k1, -1)], dim=1)
         tokens = tokens.gather(1, ids_restore[..., None].expand(-1, -1, dd))
-        x = torch.cat([x[:, :1], tokens], dim=1) + self.decoder_pos_embed
+        x = torch.cat([x[:, :1], tokens], dim=1) + self.decoder_positions(n)
         x = self.run_blocks(self.decoder_blocks, x)
         return self.decoder_pred(self.decoder_norm(x[:, 1:]))
+
+    def decoder_positions(self, tokens: int) -> torch.Tensor:
+        """The decoder's embedding of CLS and ``tokens`` tokens: (1, 1 + T, dd), the 2-D
+        sin-cos positions; channel-agnostic, each channel's copy of them plus
+        :func:`sincos_1d` of its index."""
+        if not self.channel_agnostic:
+            return self.decoder_pos_embed
+        cls, pos = self.decoder_pos_embed[:, :1], self.decoder_pos_embed[:, 1:]
+        c = tokens // self.num_patches
+        chan = sincos_1d(pos.shape[-1], c, pos.device)  # (1, C, dd)
+        per_token = (pos[:, None] + chan[:, :, None]).reshape(1, tokens, -1)  # channel-major
+        return torch.cat([cls, per_token], dim=1)
 
     def run_blocks(self, blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
         """(B, T, D) through ``blocks``, with activation checkpointing when training with it."""
@@ -323,7 +388,7 @@ class MAE(nn.Module):
 
     # --- loss --------------------------------------------------------------------------------
     def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor):
-        """Standardised images (B, C, H, W), pred (B, N, p*p*C), mask (B, N) ->
+        """Standardised images (B, C, H, W), pred (B, T, P), mask (B, T) ->
         (loss, {"mse": ..., "fourier": ...}), all float32 scalars, outside autocast (the
         precision policy, ``scaling.model.precision``). With ``fourier_weight`` 0 the Fourier
         term is switched off: loss = MSE, and there is no "fourier" entry.
@@ -349,7 +414,7 @@ class MAE(nn.Module):
         return (1 - w) * mse + w * fourier, {"mse": mse.detach(), "fourier": fourier.detach()}
 
     def forward(self, imgs: torch.Tensor, generator=None):
-        """Raw crops (B, C, H, W), any dtype -> (loss, pred (B, N, p*p*C), mask (B, N))."""
+        """Raw crops (B, C, H, W), any dtype -> (loss, pred (B, T, P), mask (B, T))."""
         x = self_standardize(imgs)
         latent, mask, ids_restore = self.forward_encoder(x, self.mask_ratio, generator)
         pred = self.forward_decoder(latent, ids_restore)
@@ -360,9 +425,9 @@ class MAE(nn.Module):
     @torch.no_grad()
     def embed_blocks(self, imgs: torch.Tensor, depth: int | None = None) -> torch.Tensor:
         """Raw crops (B, C, H, W) -> (B, depth, D): for every block b up to ``depth`` (default
-        all), the mean of the patch tokens (CLS excluded) after the final LayerNorm applied to
-        block b's output, all in one unmasked forward pass (ARCHITECTURE section 4) that stops
-        after block ``depth``."""
+        all), the mean of the patch tokens (CLS excluded; channel-agnostic: over all C x N
+        tokens, any C) after the final LayerNorm applied to block b's output, all in one
+        unmasked forward pass (ARCHITECTURE section 4) that stops after block ``depth``."""
         x = self.with_cls(self.tokens(self_standardize(imgs)))
         out = []
         for blk in self.blocks[: depth or len(self.blocks)]:

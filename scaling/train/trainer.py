@@ -73,7 +73,11 @@ class Trainer:
         }
         size, crop = SIZES[cfg.model.name], cfg.data.crop
         self.flops_per_crop = train_flops(
-            size, crop, len(cfg.model.channels) or 6, mask_ratio=cfg.model.mask_ratio
+            size,
+            crop,
+            len(cfg.model.channels) or 6,
+            mask_ratio=cfg.model.mask_ratio,
+            channel_agnostic=cfg.model.channel_agnostic,
         )
         self.patches = (crop // size.patch) ** 2
         self.masks = torch.Generator(device=device)
