@@ -314,7 +314,9 @@ def embed_wells(
 
 def check_channels(ds: Dataset, spec: ModelSpec) -> None:
     """An ``InputError`` unless the model was trained on the data's channels (a model that
-    records none was trained on RxRx3's six)."""
+    records none was trained on RxRx3's six) or is channel-agnostic (takes any channels)."""
+    if spec.cfg.model.channel_agnostic:
+        return
     names, want = list(ds.channel_names), list(spec.cfg.model.channels) or list(CHANNELS)
     if names != want:
         raise InputError(f"{ds.root}: channels {names}, but the model was trained on {want}")
