@@ -71,15 +71,13 @@ class Trainer:
             "repeated_steps": 0,
             "branches_done": [],
         }
-        size, crop = SIZES[cfg.model.name], cfg.data.crop
+        size, crop, channels = SIZES[cfg.model.name], cfg.data.crop, len(cfg.model.channels) or 6
+        agnostic = cfg.model.channel_agnostic
         self.flops_per_crop = train_flops(
-            size,
-            crop,
-            len(cfg.model.channels) or 6,
-            mask_ratio=cfg.model.mask_ratio,
-            channel_agnostic=cfg.model.channel_agnostic,
+            size, crop, channels, mask_ratio=cfg.model.mask_ratio, channel_agnostic=agnostic
         )
-        self.patches = (crop // size.patch) ** 2
+        # tokens a crop gives: a channel-agnostic model tokenises each channel apart
+        self.patches = (crop // size.patch) ** 2 * (channels if agnostic else 1)
         self.masks = torch.Generator(device=device)
         self.loss_sum, self.loss_n = torch.zeros((), device=device), 0
         self.window = (time.perf_counter(), 0)
