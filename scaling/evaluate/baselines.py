@@ -205,7 +205,9 @@ def site_features(site: np.ndarray, roles: Stains = RXRX3) -> np.ndarray:
 
     in_nuc, in_cyto, m_near, m_far = (masked_mean(m) for m in (fg, cyto, near, far))
 
-    gy, gx = ndi.sobel(img, axis=1), ndi.sobel(img, axis=2)
+    # Sobel per channel: on the (C, H, W) stack its smoothing would also run across channels
+    gy = np.stack([ndi.sobel(ch, axis=0) for ch in img])
+    gx = np.stack([ndi.sobel(ch, axis=1) for ch in img])
     grad = np.sqrt(gx**2 + gy**2).reshape(c, -1).mean(1) / 8  # Sobel sums 8 pixel steps
     jyy, jxx, jxy = (ndi.gaussian_filter(g, (0, 3, 3)) for g in (gy * gy, gx * gx, gx * gy))
     coh = np.sqrt((jxx - jyy) ** 2 + 4 * jxy**2).reshape(c, -1).sum(1)
