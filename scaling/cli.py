@@ -493,7 +493,7 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_plan)
 
     s = sub.add_parser("bench", help="benchmarks, ours beside an anchor")
-    s.add_argument("what", choices=["data", "model", "eval", "flops", "train", "gpu"])
+    s.add_argument("what", choices=["data", "model", "eval", "flops", "train", "gpu", "embed"])
     s.add_argument("--json", action="store_true", help="one JSON object a line")
     s.add_argument(
         "--dry", action="store_true", help="gpu: the same steps on the CPU with tiny stand-ins"

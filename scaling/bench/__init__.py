@@ -47,6 +47,10 @@ def run_bench(what: str, data: str | None = None, dry: bool = False):
         from scaling.bench.eval import bench_eval
 
         yield from bench_eval(data)
+    elif what == "embed":
+        from scaling.bench.embed import bench_embed
+
+        yield from bench_embed(data)
     elif what == "train":
         from scaling.bench.train import bench_train
 

@@ -18,6 +18,8 @@ by every training checkpoint) or a run folder (its ``result.json`` names the che
 from __future__ import annotations
 
 import json
+import math
+import warnings
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -44,6 +46,9 @@ from scaling.stream.crops import GEOMETRY, decode_sites, grid_tiles
 from scaling.stream.plan import site_index
 
 TASK_BYTES = 64 << 20  # uncompressed pixels a read task reads
+# CPUs of an embedding actor (it runs ceil(ACTOR_CPUS) torch threads) and of a read task:
+# one actor and one read task share two CPUs, reads overlapping the actor's compute
+ACTOR_CPUS, READ_CPUS = 1.5, 0.5
 READ_COLUMNS = KEY_COLUMNS + GEOMETRY + ["pixels"]
 
 
@@ -116,7 +121,9 @@ class Embedder:
         self.precision = "bf16" if self.device == "cuda" else spec.cfg.train.precision
 
     def __call__(self, batch: dict) -> dict:
-        x = torch.from_numpy(np.ascontiguousarray(batch["tiles"])).to(self.device)
+        with warnings.catch_warnings():  # read-only Arrow buffers: the model never writes x
+            warnings.simplefilter("ignore", UserWarning)
+            x = torch.from_numpy(np.ascontiguousarray(batch["tiles"])).to(self.device)
         with torch.inference_mode(), autocast(self.precision, self.device):
             emb = self.model.embed_blocks(x, self.depth)  # (B, depth, D) float32
         emb = (emb[:, -1:] if self.last_only else emb).double().cpu().numpy()
@@ -253,7 +260,7 @@ def embed_stream(
     keys=None,
     batch_size: int = 256,
     actors: int = 1,
-    cpus_per_actor: float = 1.0,
+    cpus_per_actor: float = ACTOR_CPUS,
 ):
     """Yield (keys, means (k, blocks, D) float32) as wells of ``keys`` (default: all of the
     screen) complete: every block 1..``depth`` (default the model's depth), or block
@@ -267,14 +274,16 @@ def embed_stream(
     init_ray()
     gpus = 1 if detect().gpus >= 1 else 0  # the shape's: GPU nodes may not be up yet
     # a block of tiles per read task: tasks run apart and stream into the actors
-    tiles = ray.data.read_datasource(TileReads(tasks, scr.crop), override_num_blocks=len(tasks))
+    tiles = ray.data.read_datasource(
+        TileReads(tasks, scr.crop), num_cpus=READ_CPUS, override_num_blocks=len(tasks)
+    )
     emb = tiles.map_batches(
         Embedder,
         fn_constructor_kwargs={
             "spec": spec,
             "depth": depth,
             "last_only": last_only,
-            "threads": max(1, int(cpus_per_actor)),
+            "threads": math.ceil(cpus_per_actor),
         },
         batch_size=batch_size,
         compute=ray.data.ActorPoolStrategy(size=actors),
@@ -293,7 +302,7 @@ def embed_wells(
     spec: ModelSpec,
     batch_size: int = 256,
     actors: int = 1,
-    cpus_per_actor: float = 1.0,
+    cpus_per_actor: float = ACTOR_CPUS,
     progress: bool = True,
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """All wells of ``data`` -> (wells, E) with E (n_blocks, n_wells, D) float32: E[b] is the

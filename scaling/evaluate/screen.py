@@ -142,7 +142,8 @@ def embed_screen(
     if out.suffix != ".parquet":
         raise InputError(f"--out: {out} is not a .parquet file")
     scr = screen(data, spec.crop)  # metadata only
-    check_out(out, [data, scr.ds.root, ckpt, Path(checkpoint)], overwrite=overwrite)
+    inputs = [data, scr.ds.root, ckpt, Path(checkpoint) / "result.json"]  # RUN/x is free
+    check_out(out, inputs, overwrite=overwrite)
     check_channels(scr.ds, spec)
     parts = parts_folder(out, ckpt, scr.ds, b, spec.crop)
     parts.mkdir(parents=True, exist_ok=True)
