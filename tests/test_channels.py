@@ -50,9 +50,10 @@ def test_jump_site_features_equal_the_rxrx3_ones_of_the_same_stains(tiny_world):
         assert five[f] == six[f]
 
 
-def test_a_five_channel_world_trains_embeds_and_benchmarks(ray_session, tmp_path):
+def test_a_five_channel_world_trains_embeds_evaluates_and_benchmarks(ray_session, tmp_path):
     from scaling.config import load_config
     from scaling.evaluate.baselines import handcrafted_wells
+    from scaling.evaluate.evaluate import evaluate
     from scaling.train.pretrain import pretrain
     from scaling.world.synth import synthesize
 
@@ -77,7 +78,10 @@ def test_a_five_channel_world_trains_embeds_and_benchmarks(ray_session, tmp_path
     assert code == 0, err
     b = json.loads((tmp_path / "b.json").read_text())
     assert set(b["recall"]) == {"complex", "pathway"} and b["n_perturbations"] > 0
-    wells, X = handcrafted_wells(world, progress=False)
+    summary = evaluate(tmp_path / "run", world, tmp_path / "eval", progress=False)
+    assert {"mae", "random-init", "handcrafted", "pixel-pca"} <= set(summary)
+    assert 0 <= summary["handcrafted"]["recall_complex"] <= 1
+    wells, X = handcrafted_wells(world, progress=False)  # remembered: not measured again
     assert X.shape == (len(wells), len(stains(JUMP).feature_names)) and np.isfinite(X).all()
     six = tmp_path / "six"  # a model trained on five channels refuses six
     synthesize(six, preset="tiny", progress=False)

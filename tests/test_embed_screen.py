@@ -132,3 +132,16 @@ def test_block_best_reads_the_evaluation_and_bad_blocks_are_refused(
         assert not (tmp_path / "f.parquet").exists()
     with pytest.raises(InputError, match="is inside the input"):
         embed_screen(result["checkpoint"], tiny_world, tiny_world / "e.parquet", block=1)
+
+
+def test_bench_embed_lines(tiny_world):
+    from scaling.bench.embed import bench_embed
+
+    lines = list(bench_embed(str(tiny_world), size="cpu-s"))  # depth 4: blocks 2 and 4
+    assert [x["case"] for x in lines] == [
+        "wells-block-2-of-4", "wells-block-4-of-4", "truncation-block-2-of-4"
+    ]  # fmt: skip
+    for x in lines:
+        assert x["ours"] > 0 and x["anchor_value"] > 0
+        assert x["ratio"] == pytest.approx(x["ours"] / x["anchor_value"])
+    assert lines[0]["wells"] == 192 and lines[0]["unit"] == "s/well"
