@@ -12,7 +12,7 @@ from scaling import capacity
 from scaling.capacity import Capacity, NodeType, from_launcher, placement_strategy
 from scaling.config import load_config
 from scaling.errors import InputError
-from scaling.evaluate.embed import default_actors
+from scaling.evaluate.embed import actor_shape, default_actors
 from scaling.ladder import grid
 from scaling.sweep import tune
 
@@ -29,7 +29,7 @@ def test_cluster_yaml_shape_sets_ladder_concurrency():
     half = load_config(CONFIGS / "ladder-gpu.yaml", ["train.workers=4"])
     assert grid.concurrency(half, cap) == 8  # two runs of 4 GPUs (33 CPUs) a node
     assert tune.concurrency(half, cap) == 8
-    assert default_actors(cap) == 32
+    assert default_actors(cap) == 32 and actor_shape(cap) == (32, 1)  # one per GPU
     assert placement_strategy(cfg, cap) == "STRICT_PACK"
     wide = load_config(CONFIGS / "ladder-gpu.yaml", ["train.workers=16"])
     assert placement_strategy(wide, cap) == "PACK"
@@ -81,4 +81,4 @@ def test_live_local_shape_is_todays_behaviour(ray_session, monkeypatch):
         assert grid.concurrency(cfg) == max(1, math.floor(res["CPU"] / run_cpus))
         trial = run_cpus + tune.TRIAL_CPU
         assert tune.concurrency(cfg) == max(1, math.floor(res["CPU"] / trial))
-    assert default_actors() == max(1, int(res.get("GPU", 0)) or int(res["CPU"]) // 2 or 1)
+    assert actor_shape() == (1, int(res["CPU"]))  # one node: one actor, a thread per CPU

@@ -46,9 +46,9 @@ from scaling.stream.crops import GEOMETRY, decode_sites, grid_tiles
 from scaling.stream.plan import site_index
 
 TASK_BYTES = 64 << 20  # uncompressed pixels a read task reads
-# CPUs of an embedding actor (it runs ceil(ACTOR_CPUS) torch threads) and of a read task:
-# one actor and one read task share two CPUs, reads overlapping the actor's compute
-ACTOR_CPUS, READ_CPUS = 1.5, 0.5
+# read tasks (Parquet reads and tile cuts, light next to the model) claim no CPU, so they
+# never wait on the actors' CPUs, nor on those of jobs around them (a ladder's runs)
+READ_CPUS = 0
 READ_COLUMNS = KEY_COLUMNS + GEOMETRY + ["pixels"]
 
 
@@ -259,12 +259,13 @@ def embed_stream(
     last_only: bool = False,
     keys=None,
     batch_size: int = 256,
-    actors: int = 1,
-    cpus_per_actor: float = ACTOR_CPUS,
+    actors: int | None = None,
+    cpus_per_actor: float | None = None,
 ):
     """Yield (keys, means (k, blocks, D) float32) as wells of ``keys`` (default: all of the
     screen) complete: every block 1..``depth`` (default the model's depth), or block
-    ``depth`` alone with ``last_only``. The encoder runs only up to block ``depth``."""
+    ``depth`` alone with ``last_only``. The encoder runs only up to block ``depth``.
+    ``actors`` and ``cpus_per_actor`` default to ``actor_shape``'s."""
     from scaling.parallel import init_ray
 
     depth = depth or spec.depth
@@ -272,7 +273,14 @@ def embed_stream(
     if not tasks:
         return
     init_ray()
-    gpus = 1 if detect().gpus >= 1 else 0  # the shape's: GPU nodes may not be up yet
+    cap = detect()
+    gpus = 1 if cap.gpus >= 1 else 0  # the shape's: GPU nodes may not be up yet
+    if actors is None:
+        actors, threads = actor_shape(cap)
+    else:  # that many actors share the CPUs (or take a GPU each)
+        threads = 1 if gpus else max(1, math.floor(cap.cpus / actors))
+    threads = math.ceil(cpus_per_actor) if cpus_per_actor else threads
+    cpus_per_actor = cpus_per_actor or actor_cpus(threads)
     # a block of tiles per read task: tasks run apart and stream into the actors
     tiles = ray.data.read_datasource(
         TileReads(tasks, scr.crop), num_cpus=READ_CPUS, override_num_blocks=len(tasks)
@@ -283,7 +291,7 @@ def embed_stream(
             "spec": spec,
             "depth": depth,
             "last_only": last_only,
-            "threads": math.ceil(cpus_per_actor),
+            "threads": threads,
         },
         batch_size=batch_size,
         compute=ray.data.ActorPoolStrategy(size=actors),
@@ -301,8 +309,8 @@ def embed_wells(
     data,
     spec: ModelSpec,
     batch_size: int = 256,
-    actors: int = 1,
-    cpus_per_actor: float = ACTOR_CPUS,
+    actors: int | None = None,
+    cpus_per_actor: float | None = None,
     progress: bool = True,
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """All wells of ``data`` -> (wells, E) with E (n_blocks, n_wells, D) float32: E[b] is the
@@ -331,9 +339,24 @@ def check_channels(ds: Dataset, spec: ModelSpec) -> None:
         raise InputError(f"{ds.root}: channels {names}, but the model was trained on {want}")
 
 
-def default_actors(cap: Capacity | None = None) -> int:
-    """One actor per GPU of the cluster's shape (``scaling.capacity``), else one per two of
-    its CPUs (at least 1): GPU actors pending on a cluster scaled to 0 are the autoscaler's
-    cue to start GPU nodes."""
+def actor_shape(cap: Capacity | None = None) -> tuple[int, int]:
+    """(actors, torch threads an actor) from the cluster's shape (``scaling.capacity``): one
+    actor per GPU (GPU actors pending on a cluster scaled to 0 are the autoscaler's cue to
+    start GPU nodes), else one per node of the smallest node type, running as many threads
+    as it has CPUs (embedding is compute; read tasks claim no CPU)."""
     cap = cap or detect()
-    return max(1, int(cap.gpus) or int(cap.cpus) // 2 or 1)
+    if cap.gpus >= 1:
+        return int(cap.gpus), 1
+    per = int(min((n.cpus for n in cap.nodes if n.cpus > 0), default=1))
+    return max(1, int(cap.cpus // max(per, 1))), max(per, 1)
+
+
+def actor_cpus(threads: int) -> float:
+    """The CPUs an actor of ``threads`` threads claims: one less, so the driver and the
+    small tasks around it (a ladder's run tasks hold 0.01 CPU each) never starve it."""
+    return float(max(1, threads - 1))
+
+
+def default_actors(cap: Capacity | None = None) -> int:
+    """The number of embedding actors of ``actor_shape``."""
+    return actor_shape(cap)[0]
