@@ -31,6 +31,16 @@ def tiny_world(ray_session, tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session")
+def jump_world(ray_session, tmp_path_factory):
+    """The 'tiny-jump' preset (JUMP's five channels), seed 0, once for the session."""
+    from scaling.world.synth import synthesize
+
+    path = tmp_path_factory.mktemp("world") / "tiny-jump"
+    synthesize(path, preset="tiny-jump", seed=0, progress=False)
+    return path
+
+
 def run_cli(*args, timeout=300):
     """``python -m scaling ARGS`` in a subprocess: (returncode, stdout, stderr)."""
     env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}

@@ -3,7 +3,6 @@ and 6 channels, tokens per patch and channel, its loss against a per-token refer
 learns, its FLOPs match the counter, and a CA model trained on 6 channels embeds a
 5-channel screen that a standard model refuses."""
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -173,12 +172,12 @@ def test_analytic_flops_match_the_counter(name):
         assert abs(analytic / counted - 1) < 0.02
 
 
-def test_a_ca_model_trained_on_six_channels_embeds_a_five_channel_screen(tiny_world, tmp_path):
+def test_a_ca_model_trained_on_six_channels_embeds_a_five_channel_screen(
+    tiny_world, jump_world, tmp_path
+):
     from scaling.evaluate.embed import ModelSpec, embed_wells, load_spec
     from scaling.shards.dataset import open_dataset
     from scaling.train.pretrain import pretrain
-    from scaling.world.presets import PRESETS
-    from scaling.world.synth import synthesize
 
     steps = 4
     cfg = load_config(
@@ -202,8 +201,7 @@ def test_a_ca_model_trained_on_six_channels_embeds_a_five_channel_screen(tiny_wo
     spec = load_spec(tmp_path / "run")
     assert spec.cfg.model.channel_agnostic and len(spec.cfg.model.channels) == 6
 
-    jump = tmp_path / "jump"  # the tiny-jump world (JUMP's five stains), one experiment
-    synthesize(jump, "tiny-jump", progress=False, spec=replace(PRESETS["tiny-jump"], experiments=1))
+    jump = jump_world  # the tiny-jump world (JUMP's five stains)
     assert len(open_dataset(jump).channel_names) == 5
     wells, E = embed_wells(jump, spec, batch_size=64, progress=False)
     assert E.shape == (SIZE.depth, len(wells), SIZE.width) and np.isfinite(E).all()

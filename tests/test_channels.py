@@ -50,41 +50,37 @@ def test_jump_site_features_equal_the_rxrx3_ones_of_the_same_stains(tiny_world):
         assert five[f] == six[f]
 
 
-def test_a_five_channel_world_trains_embeds_evaluates_and_benchmarks(ray_session, tmp_path):
+def test_a_five_channel_world_trains_embeds_evaluates_and_benchmarks(
+    jump_world, tiny_world, tmp_path
+):
     from scaling.config import load_config
     from scaling.evaluate.baselines import handcrafted_wells
     from scaling.evaluate.evaluate import evaluate
+    from scaling.evaluate.maps import benchmark
+    from scaling.evaluate.screen import embed_screen
     from scaling.train.pretrain import pretrain
-    from scaling.world.synth import synthesize
 
-    world = tmp_path / "jump"
-    synthesize(world, preset="tiny-jump", progress=False)
-    assert open_dataset(world).channel_names == JUMP
+    assert open_dataset(jump_world).channel_names == JUMP
     cfg = load_config(
         SMOKE,
-        [f"data.path={world}", f"run.dir={tmp_path / 'run'}", "train.workers=0",
+        [f"data.path={jump_world}", f"run.dir={tmp_path / 'run'}", "train.workers=0",
          "train.steps=10", "train.checkpoint_every=10", "train.val_every=10"],
     )  # fmt: skip
     result = pretrain(cfg)
     assert np.isfinite(result["loss"])
-    emb = tmp_path / "emb.parquet"
-    code, out, err = run_cli(
-        "embed", "--checkpoint", tmp_path / "run", "--data", world, "--out", emb, "--block", 2
-    )
-    assert code == 0, err
-    code, _, err = run_cli(
-        "benchmark", "--embeddings", emb, "--truth", world / "truth", "--out", tmp_path / "b.json"
-    )
-    assert code == 0, err
-    b = json.loads((tmp_path / "b.json").read_text())
-    assert set(b["recall"]) == {"complex", "pathway"} and b["n_perturbations"] > 0
-    summary = evaluate(tmp_path / "run", world, tmp_path / "eval", progress=False)
+    summary = evaluate(tmp_path / "run", jump_world, tmp_path / "run" / "eval", progress=False)
     assert {"mae", "random-init", "handcrafted", "pixel-pca"} <= set(summary)
     assert 0 <= summary["handcrafted"]["recall_complex"] <= 1
-    wells, X = handcrafted_wells(world, progress=False)  # remembered: not measured again
+    wells, X = handcrafted_wells(jump_world, progress=False)  # remembered: not measured again
     assert X.shape == (len(wells), len(stains(JUMP).feature_names)) and np.isfinite(X).all()
-    six = tmp_path / "six"  # a model trained on five channels refuses six
-    synthesize(six, preset="tiny", progress=False)
-    code, _, err = run_cli("embed", "--checkpoint", tmp_path / "run", "--data", six,
-                           "--out", tmp_path / "x.parquet", "--block", 1)  # fmt: skip
+    emb = tmp_path / "emb.parquet"
+    s = embed_screen(tmp_path / "run", jump_world, emb, block="best", progress=False)
+    assert s["block"] == summary["mae"]["best_block"]  # b* of the run's evaluation (RUN/eval)
+    b = benchmark(emb, jump_world / "truth", tmp_path / "b.json")
+    assert set(b["recall"]) == {"complex", "pathway"} and b["n_perturbations"] > 0
+    assert json.loads((tmp_path / "b.json").read_text())["recall"] == b["recall"]
+    code, _, err = run_cli(  # a model trained on five channels refuses six
+        "embed", "--checkpoint", tmp_path / "run", "--data", tiny_world,
+        "--out", tmp_path / "x.parquet", "--block", 1,
+    )  # fmt: skip
     assert code == 2 and "the model was trained on ['DNA'" in err

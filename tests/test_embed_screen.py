@@ -8,12 +8,15 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from scaling.errors import InputError
 from scaling.evaluate import screen as screen_mod
-from scaling.evaluate.embed import WellMeans, embed_wells, load_spec
+from scaling.evaluate.embed import WellMeans, build, load_spec
 from scaling.evaluate.screen import embed_screen
 from scaling.evaluate.table import read_embeddings
+from scaling.shards.dataset import open_dataset, well_keys
+from scaling.stream.crops import decode_sites, grid_tiles
 from tests.conftest import run_cli
 
 KEY = ["experiment", "plate", "well"]
@@ -24,10 +27,21 @@ def by_key(wells: pd.DataFrame, X: np.ndarray) -> dict:
 
 
 @pytest.fixture(scope="module")
-def all_blocks(smoke_run, tiny_world):
-    """Every well at every block, by evaluate's path (``embed_wells``)."""
+def brute_force(smoke_run, tiny_world):
+    """Every well at every block, by a direct loop: each shard's sites cut into grid tiles,
+    every tile through ``embed_blocks``, tiles averaged per well: {key: (depth, D)}."""
     _, result, _ = smoke_run
-    return embed_wells(tiny_world, load_spec(result["checkpoint"]), progress=False)
+    model = build(load_spec(result["checkpoint"]))
+    tiles: dict[str, list] = {}
+    for f in open_dataset(tiny_world).files:
+        t = pq.read_table(f)
+        for key, site in zip(well_keys(t).to_pylist(), decode_sites(t), strict=True):
+            tiles.setdefault(key, []).append(grid_tiles(site, 64))
+    with torch.no_grad():
+        return {
+            k: model.embed_blocks(torch.from_numpy(np.concatenate(v))).mean(0).numpy()
+            for k, v in tiles.items()
+        }
 
 
 def feed(expected: dict, tiles: list, order) -> tuple[dict, list[int], WellMeans]:
@@ -57,31 +71,10 @@ def test_wellmeans_hands_on_each_well_once_complete_and_holds_only_open_ones():
     assert max(held) <= 2  # only the wells a batch cuts through are held
 
 
-def test_embed_at_a_block_equals_that_block_of_evaluate(
-    smoke_run, tiny_world, all_blocks, tmp_path
+def test_an_interrupted_embed_resumes_from_its_parts_and_equals_the_direct_loop(
+    smoke_run, tiny_world, brute_force, tmp_path, monkeypatch
 ):
     _, result, _ = smoke_run
-    wells, E = all_blocks
-    out = tmp_path / "emb.parquet"
-    s = embed_screen(result["checkpoint"], tiny_world, out, block=1, progress=False, part_wells=50)
-    assert s["wells"] == len(wells) and s["block"] == 1 and s["resumed_wells"] == 0
-    got_wells, X = read_embeddings(out)
-    assert X.dtype == np.float32 and X.shape == (len(wells), E.shape[2])
-    assert set(pq.read_schema(out).names) >= {*KEY, "perturbation", "is_control", "features"}
-    got, want = by_key(got_wells, X), by_key(wells, E[0])
-    assert got.keys() == want.keys()
-    for k in want:
-        np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-5)
-    assert not list(tmp_path.glob(".emb.parquet.*"))  # parts merged and removed
-    meta = json.loads(pq.read_schema(out).metadata[b"scaling"])
-    assert meta["block"] == 1 and len(meta["channels"]) == 6
-
-
-def test_an_interrupted_embed_resumes_from_its_parts(
-    smoke_run, tiny_world, all_blocks, tmp_path, monkeypatch
-):
-    _, result, _ = smoke_run
-    wells, E = all_blocks
     out = tmp_path / "emb.parquet"
     real, calls = screen_mod.write_part, []
 
@@ -93,43 +86,45 @@ def test_an_interrupted_embed_resumes_from_its_parts(
 
     monkeypatch.setattr(screen_mod, "write_part", crash_after_two)
     with pytest.raises(KeyboardInterrupt):
-        embed_screen(result["checkpoint"], tiny_world, out, block=2, progress=False, part_wells=40)
+        embed_screen(result["checkpoint"], tiny_world, out, block=1, progress=False, part_wells=40)
     assert not out.exists() and len(list(tmp_path.glob(".emb.parquet.*/part-*"))) == 2
     monkeypatch.setattr(screen_mod, "write_part", real)
-    s = embed_screen(result["checkpoint"], tiny_world, out, block=2, progress=False, part_wells=40)
-    assert s["resumed_wells"] >= 80 and s["wells"] == len(wells)
+    s = embed_screen(result["checkpoint"], tiny_world, out, block=1, progress=False, part_wells=40)
+    assert s["resumed_wells"] >= 80 and s["wells"] == len(brute_force) and s["block"] == 1
     got_wells, X = read_embeddings(out)
-    assert not got_wells.duplicated(KEY).any()
-    got, want = by_key(got_wells, X), by_key(wells, E[1])
-    assert got.keys() == want.keys()
-    for k in want:
-        np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-5)
+    assert not got_wells.duplicated(KEY).any() and X.dtype == np.float32
+    assert set(pq.read_schema(out).names) >= {*KEY, "perturbation", "is_control", "features"}
+    got = by_key(got_wells, X)
+    assert got.keys() == brute_force.keys()
+    for k, want in brute_force.items():
+        np.testing.assert_allclose(got[k], want[0], rtol=1e-4, atol=1e-5)
+    assert not list(tmp_path.glob(".emb.parquet.*"))  # parts merged and removed
+    meta = json.loads(pq.read_schema(out).metadata[b"scaling"])
+    assert meta["block"] == 1 and len(meta["channels"]) == 6
 
 
 def test_block_best_reads_the_evaluation_and_bad_blocks_are_refused(
-    smoke_run, tiny_world, tmp_path
+    smoke_run, tiny_world, brute_force, tmp_path
 ):
     _, result, _ = smoke_run
     ev = tmp_path / "eval"
     ev.mkdir()
     (ev / "summary.json").write_text(json.dumps({"mae": {"best_block": 2, "blocks": 2}}))
     out = tmp_path / "e.parquet"
-    code, stdout, _ = run_cli(
-        "embed", "--checkpoint", result["checkpoint"], "--data", tiny_world, "--out", out,
-        "--evaluation", ev,
+    s = embed_screen(result["checkpoint"], tiny_world, out, evaluation=ev, progress=False)
+    assert s["block"] == 2 and s["depth"] == 2
+    got = by_key(*read_embeddings(out))
+    for k, want in brute_force.items():
+        np.testing.assert_allclose(got[k], want[1], rtol=1e-4, atol=1e-5)
+    code, _, err = run_cli(
+        "embed", "--checkpoint", result["checkpoint"], "--data", tiny_world,
+        "--out", tmp_path / "f.parquet", "--block", "7",
     )  # fmt: skip
-    assert code == 0 and "at block 2/2" in stdout
-    for block, msg in (
-        ("best", "no evaluation summary.json"),
-        ("7", "not a block"),
-        ("x", "neither"),
-    ):
-        code, _, err = run_cli(
-            "embed", "--checkpoint", result["checkpoint"], "--data", tiny_world,
-            "--out", tmp_path / "f.parquet", "--block", block,
-        )  # fmt: skip
-        assert code == 2 and msg in err and len(err.strip().splitlines()) == 1
-        assert not (tmp_path / "f.parquet").exists()
+    assert code == 2 and "not a block" in err and len(err.strip().splitlines()) == 1
+    for block, msg in (("best", "no evaluation summary.json"), ("x", "neither")):
+        with pytest.raises(InputError, match=msg):
+            embed_screen(result["checkpoint"], tiny_world, tmp_path / "f.parquet", block=block)
+    assert not (tmp_path / "f.parquet").exists()
     with pytest.raises(InputError, match="is inside the input"):
         embed_screen(result["checkpoint"], tiny_world, tiny_world / "e.parquet", block=1)
 
@@ -137,9 +132,9 @@ def test_block_best_reads_the_evaluation_and_bad_blocks_are_refused(
 def test_bench_embed_lines(tiny_world):
     from scaling.bench.embed import bench_embed
 
-    lines = list(bench_embed(str(tiny_world), size="cpu-s"))  # depth 4: blocks 2 and 4
+    lines = list(bench_embed(str(tiny_world), size="cpu-xs"))  # depth 2: blocks 1 and 2
     assert [x["case"] for x in lines] == [
-        "wells-block-2-of-4", "wells-block-4-of-4", "truncation-block-2-of-4"
+        "wells-block-1-of-2", "wells-block-2-of-2", "truncation-block-1-of-2"
     ]  # fmt: skip
     for x in lines:
         assert x["ours"] > 0 and x["anchor_value"] > 0

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from scaling.errors import InputError
-from scaling.shards.format import site_table, write_shard
+from scaling.shards.format import CHANNELS, shard_schema, site_table, write_shard
 from scaling.shards.inspect import inspect_dataset
 from tests.conftest import run_cli
 
@@ -62,10 +62,16 @@ def test_corrupt_bytes_in_the_middle(tiny_world, tmp_path):
 
 
 def test_wrong_channel_count(tmp_path):
-    one_shard(tmp_path, [np.zeros((5, 16, 16), np.uint8)])
+    one_shard(tmp_path, [np.zeros((5, 16, 16), np.uint8)])  # names ch1..ch5 recorded
+    s = inspect_dataset(tmp_path, progress=False)
+    assert s["sites"] == 1 and s["channel_names"] == ["ch1", "ch2", "ch3", "ch4", "ch5"]
+    with pytest.raises(InputError, match=r"P1\.parquet.*5 channels, expected 6"):
+        inspect_dataset(tmp_path, channels=6, progress=False)
+    t = site_table([META], [np.zeros((5, 16, 16), np.uint8)])  # sites of 5, six names
+    t = t.replace_schema_metadata(shard_schema(CHANNELS).metadata)
+    write_shard(t, tmp_path / "shards" / "P1.parquet")
     with pytest.raises(InputError, match=r"P1\.parquet.*5 channels, expected 6"):
         inspect_dataset(tmp_path, progress=False)
-    assert inspect_dataset(tmp_path, channels=5, progress=False)["sites"] == 1
 
 
 def test_non_finite_pixels(tmp_path):

@@ -2,6 +2,7 @@
 DeepSpeed ZeRO-2 run on Ray Train over the tiny world."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from scaling.config import load_config
 from scaling.model.flops import train_flops
 from scaling.model.mae import MAE
 from scaling.model.sizes import SIZES
+from scaling.shards.format import CHANNELS
 from scaling.stream.pipeline import validation_tiles
 from scaling.train.optim import Lion
 from scaling.train.schedules import one_cycle
@@ -66,7 +68,9 @@ def test_two_worker_zero2_run_learns(tiny_world, smoke_run):
     assert r["flops"] == r["crops_seen"] * train_flops(SIZES["cpu-xs"], 64)
     ckpt = Path(r["checkpoint"])
     assert {"state.json", "model.safetensors", "config.yaml"} <= {p.name for p in ckpt.iterdir()}
-    assert load_config(ckpt / "config.yaml") == cfg  # what evaluation rebuilds the model from
+    # what evaluation rebuilds the model from: the run's config, with the data's channels
+    recorded = replace(cfg, model=replace(cfg.model, channels=list(CHANNELS)))
+    assert load_config(ckpt / "config.yaml") == recorded
     # in-training probes ran on the final step and report a block of the model
     assert 1 <= r["probe_best_block"] <= SIZES["cpu-xs"].depth
     assert 0.0 <= r["probe_perturbation"] <= 1.0 and 0.0 <= r["probe_pathway"] <= 1.0

@@ -18,11 +18,12 @@ import pyarrow.parquet as pq
 from scaling.errors import InputError
 from scaling.progress import bar
 from scaling.shards.dataset import open_dataset, well_keys
-from scaling.shards.format import PIXEL_DTYPES, SCHEMA
+from scaling.shards.format import CHANNEL_KEY, PIXEL_DTYPES, SCHEMA, channel_names
 
 
 def check_shard(path: Path, channels: int | None, seen: set) -> list[dict]:
-    """Validate one shard; returns its rows' metadata (no pixels)."""
+    """Validate one shard; returns its rows' metadata (no pixels). ``channels``: the count
+    every site must have (None: as many as the channel names the shard records, if any)."""
     try:
         pf = pq.ParquetFile(path, page_checksum_verification=True)
     except Exception as e:
@@ -30,6 +31,8 @@ def check_shard(path: Path, channels: int | None, seen: set) -> list[dict]:
     missing = [n for n in SCHEMA.names if n not in pf.schema_arrow.names]
     if missing:
         raise InputError(f"{path}: missing columns {missing}")
+    if channels is None and CHANNEL_KEY in (pf.schema_arrow.metadata or {}):
+        channels = len(channel_names(pf.schema_arrow, 0))
     rows: list[dict] = []
     try:
         for batch in pf.iter_batches(batch_size=32):
@@ -67,12 +70,11 @@ def inspect_dataset(path, channels: int | None = None, progress: bool = True) ->
     """Check every shard (``check_shard``) and summarise the dataset; ``channels`` is the
     expected count, by default that of the channel names the shards record."""
     ds = open_dataset(path)
-    names = ds.channel_names
-    channels = len(names) if channels is None else channels
     rows: list[dict] = []
     seen: set = set()
     for f in bar(ds.files, desc="inspect", unit="shard", enabled=progress):
         rows += check_shard(f, channels, seen)
+    names = ds.channel_names  # every shard readable: do they name the same channels?
     selected = ds.selected_keys()
     if selected is not None:
         rows = [r for r in rows if f"{r['experiment']}/{r['plate']}/{r['well']}" in selected]
