@@ -12,9 +12,10 @@ import torch
 
 from scaling.errors import InputError
 from scaling.evaluate import screen as screen_mod
-from scaling.evaluate.embed import WellMeans, build, load_spec
+from scaling.evaluate.embed import build, load_spec
 from scaling.evaluate.screen import embed_screen
 from scaling.evaluate.table import read_embeddings
+from scaling.evaluate.tiles import WellMeans
 from scaling.shards.dataset import open_dataset, well_keys
 from scaling.stream.crops import decode_sites, grid_tiles
 from tests.conftest import run_cli

@@ -23,8 +23,9 @@ import torch
 
 from scaling.bench import line
 from scaling.config import Config, DataConfig, ModelConfig, dump_config
-from scaling.evaluate.embed import ModelSpec, build, read_tiles, screen, tile_tasks
+from scaling.evaluate.embed import ModelSpec, build
 from scaling.evaluate.screen import embed_screen
+from scaling.evaluate.tiles import read_tiles, screen, tile_tasks
 
 SIZE, CROP, BATCH = "cpu-m", 64, 256
 ANCHOR = "plain PyTorch loop over the same tiles, same block and batch"

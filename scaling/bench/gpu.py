@@ -365,7 +365,8 @@ def plain_embed(spec, world: str, device) -> tuple[float, int]:
     in memory (N, C, crop, crop) uint8, batches of 256, on ``device``: (seconds, tiles)."""
     import numpy as np
 
-    from scaling.evaluate.embed import build, read_tiles, screen, tile_tasks
+    from scaling.evaluate.embed import build
+    from scaling.evaluate.tiles import read_tiles, screen, tile_tasks
 
     tasks = tile_tasks(screen(world, spec.crop))
     parts = [read_tiles(t, spec.crop) for t in tasks]
