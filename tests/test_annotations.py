@@ -134,12 +134,19 @@ def test_readers_of_source_formats(tmp_path):
     assert _pairs(annotations.read_relationships(tidy)) == {("s", "A", "B"), ("t", "A", "C")}
 
 
-def test_bad_sources_exit_2(tmp_path, capsys):
-    """An unknown source name, an unreadable format, a short GMT line and STRING ids
-    without protein.info: exit 2, one line naming the value or file."""
+def test_benchmark_cli_sources_and_bad_files(cache, tmp_path, capsys):
+    """scaling benchmark --sources corum --relationships FILE scores both without a truth
+    folder; an unknown source name, an unreadable format, a short GMT line and STRING ids
+    without protein.info exit 2 with one line naming the value or file."""
     wells, X = _wells_map(["A", "B", "C"], np.random.default_rng(0))
     emb = tmp_path / "emb.parquet"
     write_embeddings(emb, wells, X)
+    (tmp_path / "mine.gmt").write_text("S\td\tA\tB\tZ\n")
+    args = ["benchmark", "--embeddings", emb, "--out", tmp_path / "ok.json", "--sources", "corum"]
+    assert main([*map(str, args), "--relationships", str(tmp_path / "mine.gmt")]) == 0
+    saved = json.loads((tmp_path / "ok.json").read_text())
+    assert saved["pairs"] == {"corum": 0, "mine": 1} and set(saved["recall"]) == {"mine"}
+    assert saved["relationship_files"] == [str(cache / "CORUM.txt"), str(tmp_path / "mine.gmt")]
     files = {
         "odd.txt": ("gene1\tgene2\nA\tB\n", "unrecognised relationships format"),
         "short.gmt": ("S1\tA\n", "line 1"),
