@@ -9,7 +9,8 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-# the last step compiles DeepSpeed's CPU communication op once (about a minute), rather than
+# the annotation sources (CORUM, hu.MAP, ...) are fetched into ~/.cache/scaling once;
+# the DeepSpeed step compiles DeepSpeed's CPU communication op once (about a minute), rather than
 # in the first run; it is cached under ~/.cache/torch_extensions
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -17,6 +18,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[dev]"
 	DS_ACCELERATOR=cpu $(PY) -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()"
+	$(VENV)/bin/scaling sources fetch
 	touch $(STAMP)
 
 demo: $(STAMP)

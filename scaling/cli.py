@@ -276,11 +276,23 @@ def cmd_evaluate(a) -> int:
 
 
 def cmd_benchmark(a) -> int:
+    from scaling.annotations import parse_sources
     from scaling.atomic import check_out
     from scaling.evaluate.maps import benchmark
 
-    check_out(a.out, [a.embeddings, a.truth], overwrite=True)  # a JSON file, replaced
-    r = benchmark(a.embeddings, a.truth, a.out, tvn=not a.no_tvn, seed=a.seed)
+    sources = parse_sources(a.sources) if a.sources else []
+    check_out(a.out, [a.embeddings, a.truth, *a.relationships], overwrite=True)  # replaced
+    r = benchmark(
+        a.embeddings,
+        a.truth,
+        a.out,
+        tvn=not a.no_tvn,
+        seed=a.seed,
+        sources=sources,
+        relationships=a.relationships,
+        min_score=a.min_score,
+        string_info=a.string_info,
+    )
     c = r["consistency"]
     recall = "  ".join(f"{k} {v:.3f}" for k, v in r["recall"].items())
     print(f"wrote {a.out}: {r['n_perturbations']} perturbations, TVN {'on' if r['tvn'] else 'off'}")
@@ -289,6 +301,19 @@ def cmd_benchmark(a) -> int:
         f"  consistency  KS {c['ks']:.3f}  CvM {c['cvm']:.4g}  "
         f"significant {c['fraction_significant']:.3f}"
     )
+    return 0
+
+
+def cmd_sources(a) -> int:
+    from scaling import annotations as an
+
+    if a.action == "fetch":
+        print(f"annotation sources in {an.fetch()}")
+        return 0
+    root = an.ensure()
+    for name, (file, licence) in an.SOURCES.items():
+        n = len(an.read_pairs(root / file, name))
+        print(f"{name:9s} {n:7d} pairs  {licence:13s} {root / file}")
     return 0
 
 
@@ -517,11 +542,27 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("benchmark", help="map benchmarks of any well embeddings (TVN on)")
     s.add_argument("--embeddings", required=True, help="well embeddings Parquet")
-    s.add_argument("--truth", required=True, help="folder with perturbations/relationships")
+    s.add_argument("--truth", help="folder with perturbations/relationships")
     s.add_argument("--out", required=True, help="JSON file to write")
+    s.add_argument(
+        "--sources", help="real annotation sources: corum,humap,reactome,signor,stringdb"
+    )
+    s.add_argument(
+        "--relationships",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a relationships file (pairs, CORUM table, GMT, STRING links); repeatable",
+    )
+    s.add_argument("--min-score", type=int, default=700, help="STRING links: least score (700)")
+    s.add_argument("--string-info", help="STRING protein.info file mapping 9606.ENSP ids")
     s.add_argument("--no-tvn", action="store_true", help="benchmarks without TVN")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(fn=cmd_benchmark)
+
+    s = sub.add_parser("sources", help="real annotation sources (CORUM, hu.MAP, ...): the cache")
+    s.add_argument("action", choices=["fetch", "list"], help="fetch: download; list: summarise")
+    s.set_defaults(fn=cmd_sources)
 
     s = sub.add_parser("export", help="a checkpoint's encoder as a self-contained model folder")
     s.add_argument("--checkpoint", required=True, help="checkpoint folder or run folder")

@@ -60,19 +60,48 @@ def map_benchmarks(
     }
 
 
-def benchmark(embeddings, truth, out, tvn: bool = True, seed: int = 0) -> dict:
+def benchmark(
+    embeddings,
+    truth,
+    out,
+    tvn: bool = True,
+    seed: int = 0,
+    sources=(),
+    relationships=(),
+    min_score: int = 700,
+    string_info=None,
+) -> dict:
     """``scaling benchmark``: ``map_benchmarks`` of a well-embeddings file against a truth
-    folder, written to ``out`` as JSON (atomically; NaN as null). Bad input raises
-    InputError naming the file at fault."""
+    folder and/or real annotation sources (``sources``: names of scaling.annotations.SOURCES;
+    ``relationships``: a user's files in any format ``read_relationships`` reads), written to
+    ``out`` as JSON (atomically; NaN as null) with the files used under "relationship_files".
+    Without a truth folder the perturbations are the map's own non-control names. Bad input
+    raises InputError naming the file at fault."""
+    from scaling import annotations
     from scaling.evaluate.table import read_embeddings, read_truth, write_json
 
     if Path(out).is_dir():
         raise InputError(f"--out: {out} is a folder, expected a JSON file path")
+    if truth is None and not sources and not relationships:
+        raise InputError("benchmark: give --truth, --sources or --relationships")
     wells, X = read_embeddings(embeddings)
-    perturbations, relationships = read_truth(truth)
+    files = [str(annotations.source_path(s)) for s in sources]
+    tables = [annotations.load_sources(sources)] if sources else []
+    for f in relationships:
+        tables.append(annotations.read_relationships(f, min_score, string_info))
+        files.append(str(f))
+    if truth is not None:
+        perturbations, rel = read_truth(truth)
+        tables.insert(0, rel)
+        files.insert(0, str(Path(truth) / "relationships.parquet"))
+    else:
+        names = wells.loc[~wells["is_control"].astype(bool), "perturbation"].astype(str)
+        perturbations = pd.DataFrame({"perturbation": sorted(set(names))})
+    relationships = pd.concat(tables, ignore_index=True)[["source", "gene_a", "gene_b"]]
     try:
         result = map_benchmarks(wells, X, perturbations, relationships, tvn=tvn, seed=seed)
     except ValueError as e:
         raise InputError(f"{embeddings}: {e}") from None
+    result["relationship_files"] = files
     write_json(out, result)
     return result

@@ -30,6 +30,7 @@ class Biology:
     strength: np.ndarray  # (G,) phenotype norm (0 for inactive genes)
     phenotype: np.ndarray  # (G, N_FEATURES) float32
     opposes: dict[int, int]  # complex -> the complex it opposes
+    real: pd.DataFrame | None = None  # real sources' pairs among the genes (gene_names corum)
 
     def gene_phenotype(self, perturbation: str) -> np.ndarray:
         if perturbation == CONTROL:
@@ -53,7 +54,8 @@ class Biology:
         )
 
     def relationships_table(self) -> pd.DataFrame:
-        """Known relationships: every gene pair of a complex and of a pathway (a < b)."""
+        """Known relationships: every gene pair of a complex and of a pathway (a < b), then
+        the real sources' pairs (corum, humap, ...) of a real-gene world."""
         rows = []
         for source, group in (
             ("complex", self.complex_of),
@@ -62,7 +64,8 @@ class Biology:
             for g in np.unique(group):
                 members = sorted(self.genes[i] for i in np.flatnonzero(group == g))
                 rows += [(source, a, b) for a, b in combinations(members, 2)]
-        return pd.DataFrame(rows, columns=["source", "gene_a", "gene_b"])
+        planted = pd.DataFrame(rows, columns=["source", "gene_a", "gene_b"])
+        return planted if self.real is None else pd.concat([planted, self.real], ignore_index=True)
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -74,9 +77,9 @@ def _noise(rng, shape) -> np.ndarray:
     return rng.standard_normal(shape) / np.sqrt(N_FEATURES)
 
 
-def make_biology(spec: WorldSpec, seed: int) -> Biology:
-    rng = np.random.default_rng([seed, 1])
-    n = spec.genes
+def _planted_groups(n: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Synthetic groups: complex_of (n,) of 3-10 genes each, pathway_of_complex (K,) of
+    2-5 consecutive complexes each."""
     sizes, remaining = [], n  # complexes of 3-10 genes
     while remaining > 0:
         s = int(rng.integers(3, 11))
@@ -91,7 +94,23 @@ def make_biology(spec: WorldSpec, seed: int) -> Biology:
         step = int(rng.integers(2, 6))
         pathway_of_complex[i : i + step] = p
         i, p = i + step, p + 1
-    n_pathways = p
+    return complex_of, pathway_of_complex
+
+
+def make_biology(spec: WorldSpec, seed: int) -> Biology:
+    rng = np.random.default_rng([seed, 1])
+    n = spec.genes
+    if spec.gene_names == "corum":
+        from scaling.world.real import real_groups
+
+        names, complex_of, pathway_of_complex = real_groups(n, seed)
+    elif spec.gene_names == "synthetic":
+        names = None
+        complex_of, pathway_of_complex = _planted_groups(n, rng)
+    else:
+        raise ValueError(f"gene_names: {spec.gene_names!r} is neither synthetic nor corum")
+    k = len(pathway_of_complex)
+    n_pathways = int(pathway_of_complex.max()) + 1
 
     pathway_dir = _unit(rng.standard_normal((n_pathways, N_FEATURES)))
     own = _unit(rng.standard_normal((k, N_FEATURES)))
@@ -113,12 +132,21 @@ def make_biology(spec: WorldSpec, seed: int) -> Biology:
     phenotype = (strength[:, None] * direction).astype(np.float32)
     genes = [f"G{i + 1:05d}" for i in range(n)]
     gene_order = rng.permutation(n)  # names carry no hint of the complex
+    if names is None:
+        names = [genes[j] for j in np.argsort(gene_order)]
     return Biology(
-        genes=[genes[j] for j in np.argsort(gene_order)],
+        genes=names,
         complex_of=complex_of,
         pathway_of_complex=pathway_of_complex,
         active=active,
         strength=strength,
         phenotype=phenotype,
         opposes=opposes,
+        real=None if spec.gene_names == "synthetic" else _real_pairs(names),
     )
+
+
+def _real_pairs(genes: list[str]) -> pd.DataFrame:
+    from scaling.world.real import real_relationships
+
+    return real_relationships(genes)

@@ -23,6 +23,7 @@ class WorldSpec:
     batch: float = 1.0  # batch-effect strength
     images: bool = True  # False: embeddings only, no images (the evaluation issue's genome preset)
     stains: str = "rxrx3"  # rxrx3: six channels; jump: JUMP's five (scaling.world.render.STAINS)
+    gene_names: str = "synthetic"  # corum: real symbols, CORUM complexes (scaling.world.real)
 
 
 PRESETS: dict[str, WorldSpec] = {
@@ -34,6 +35,10 @@ PRESETS: dict[str, WorldSpec] = {
     ),
     # the demo's training world: a few hundred genes, 4 experiments, ~3,000 sites
     "small": WorldSpec(genes=320, experiments=4, wells_per_plate=96, controls_per_plate=12),
+    # the small world with real gene symbols: complexes from CORUM, pathways from Reactome
+    "small-real": WorldSpec(
+        genes=320, experiments=4, wells_per_plate=96, controls_per_plate=12, gene_names="corum"
+    ),
     # larger worlds for GPU runs: 256 px sites, 384-well plates
     "medium": WorldSpec(
         genes=1200, experiments=6, wells_per_plate=384, controls_per_plate=32, sites=4, size=256
