@@ -23,6 +23,8 @@ class WorldSpec:
     batch: float = 1.0  # batch-effect strength
     images: bool = True  # False: embeddings only, no images (the evaluation issue's genome preset)
     stains: str = "rxrx3"  # rxrx3: six channels; jump: JUMP's five (scaling.world.render.STAINS)
+    compounds: int = 0  # compounds, on plates after the gene plates (scaling.world.compounds)
+    concentrations: int = 4  # doses per compound: a half-log series up to 10 uM
 
 
 PRESETS: dict[str, WorldSpec] = {
