@@ -14,6 +14,7 @@ from scaling.evaluate.compounds import (
     candidates,
     compound_gene_activity,
     expected_random_ap,
+    gene_wells,
 )
 from scaling.evaluate.evaluate import score_blocks
 from scaling.evaluate.maps import map_benchmarks
@@ -136,6 +137,26 @@ def test_negatives_are_seeded_draws_of_other_genes():
     assert not np.array_equal(x["genes"], candidates(table, genes, seed=2)[0]["genes"])
 
 
+def test_gene_wells_drop_treatments_and_controls_of_compound_only_plates():
+    wells = pd.DataFrame(
+        [  # P1 genes only, P2 mixed, P3 treatments only; plate names repeat across experiments
+            ("E1", "P1", "G1", False),
+            ("E1", "P1", "NTC", True),
+            ("E1", "P2", "G2", False),
+            ("E1", "P2", "A@1", False),
+            ("E1", "P2", "NTC", True),
+            ("E1", "P3", "A@10", False),
+            ("E1", "P3", "NTC", True),
+            ("E2", "P2", "A@1", False),
+            ("E2", "P2", "NTC", True),
+        ],
+        columns=["experiment", "plate", "perturbation", "is_control"],
+    )
+    table = pd.DataFrame({"perturbation": ["A@1", "A@10"]})
+    got = gene_wells(wells, table)
+    assert got.tolist() == [True, True, True, False, True, False, False, False, False]
+
+
 @pytest.fixture(scope="module")
 def planted():
     """A 300-gene embeddings-only world with 30 compounds, and the same world without."""
@@ -211,18 +232,61 @@ def test_inactive_compounds_are_annotated_but_silent(planted):
     assert abs(go["inactive"]["z"]) < 3 < 8 < go["active"]["z"]
 
 
-def test_synth_writes_the_compound_truth_and_bad_tables_are_named(tmp_path):
+def test_synth_and_benchmark_carry_compounds_and_bad_tables_are_named(tmp_path, capsys):
+    import json
+
+    from scaling.cli import main
     from scaling.world.synth import synthesize
 
     spec = dataclasses.replace(SPEC, genes=60, compounds=5, concentrations=3)
     s = synthesize(tmp_path / "w", preset="cpd", spec=spec, progress=False)
     assert (s["compounds"], s["treatments"]) == (5, 15)
-    t = read_compounds(tmp_path / "w" / "truth")
+    truth = tmp_path / "w" / "truth"
+    t = read_compounds(truth)
     assert list(t["perturbation"][:3]) == ["CPD0001@1.00", "CPD0001@3.16", "CPD0001@10.0"]
-    assert (
-        t["concentration"].dtype == float and t.groupby("compound")["targets"].nunique().eq(1).all()
-    )
+    assert t["concentration"].dtype == float
+    assert t.groupby("compound")["targets"].nunique().eq(1).all()
     assert read_compounds(tmp_path) is None  # no compounds.parquet: no compound benchmark
-    t.drop(columns="targets").to_parquet(tmp_path / "w" / "truth" / "compounds.parquet")
+    # scaling benchmark: the JSON and the printout carry it
+    out = tmp_path / "b.json"
+    args = ["benchmark", "--embeddings", tmp_path / "w" / "embeddings.parquet"]
+    assert main([*map(str, args), "--truth", str(truth), "--out", str(out)]) == 0
+    cg = json.loads(out.read_text())["compound_gene"]
+    assert set(cg) >= {"ap", "random_mean", "random_sd", "z", "n_compounds"}
+    assert "compounds    AP" in capsys.readouterr().out
+    t.drop(columns="targets").to_parquet(truth / "compounds.parquet")
     with pytest.raises(InputError, match=r"compounds\.parquet: missing column\(s\) targets"):
-        read_compounds(tmp_path / "w" / "truth")
+        read_compounds(truth)
+
+
+def test_rendered_compound_wells_show_their_treatment_phenotype(tmp_path):
+    """render_plate draws a treatment well from its compound phenotype (site streams as
+    for genes: (seed, 3, plate, well, site), jitter (seed, 4, plate, well))."""
+    import pyarrow.parquet as pq
+
+    from scaling.shards.format import decode_pixels
+    from scaling.world.render import render_site
+    from scaling.world.synth import WELL_JITTER, render_plate
+
+    spec = dataclasses.replace(PRESETS["tiny"], compounds=4, concentrations=2, sites=1, size=64)
+    bio = make_biology(spec, 0)
+    comp = make_compounds(spec, bio, 0)
+    plates = make_layout(spec, bio, 0, comp.treatment_names())
+    plate = next(p for p in plates if p.compound)
+    phen = comp.phenotypes()
+    render_plate(plate, spec, bio, 0, str(tmp_path / "c.parquet"), phen)
+    t = pq.read_table(tmp_path / "c.parquet").to_pylist()
+    strongest = max(phen, key=lambda k: np.linalg.norm(phen[k]))
+    assert np.linalg.norm(phen[strongest]) > 0.5
+    w = next(i for i, (_, pert, _) in enumerate(plate.wells) if pert == strongest)
+    row = t[w]
+    assert row["perturbation"] == strongest and not row["is_control"]
+    img = decode_pixels(row["pixels"], row["channels"], row["height"], row["width"], "uint8")
+    jitter = np.random.default_rng([0, 4, plate.index, w]).normal(0, WELL_JITTER, 16)
+
+    def site(p):
+        rng = np.random.default_rng([0, 3, plate.index, w, 0])
+        return render_site(p + jitter, plate.batch, spec.size, spec.cells, rng)
+
+    assert np.array_equal(img, site(phen[strongest]))
+    assert not np.array_equal(img, site(np.zeros(16)))
