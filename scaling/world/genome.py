@@ -23,6 +23,10 @@ A well w of gene g on plate p of experiment e, with z = phenotype(g) + well jitt
 
 All batch terms scale with ``spec.batch``, phenotypes with ``spec.strength``. Deterministic
 for a seed.
+
+Compound treatments (``scaling.world.compounds``) get wells the same way, z being the
+treatment's phenotype, on the compound plates after the gene plates; their noise comes
+from their own stream, so the gene wells are those of the world without compounds.
 """
 
 from __future__ import annotations
