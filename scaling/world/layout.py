@@ -2,8 +2,8 @@
 
 Every gene appears once per experiment (its replicates are across experiments); each
 plate carries non-targeting controls; well positions are randomised per plate. Compound
-treatments (scaling.world.compounds), if any, fill extra plates after all the gene plates. Batch
-effects act per experiment (channel gain and offset, cell density), per plate (gain,
+treatments (scaling.world.compounds), if any, fill extra plates after all the gene plates.
+Batch effects act per experiment (channel gain and offset, cell density), per plate (gain,
 illumination gradient, focus blur) and per well (gain), so raw images are confounded.
 """
 
