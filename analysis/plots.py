@@ -65,6 +65,8 @@ METRIC_ORDER = (
     "consistency_fraction_significant",
     "probe_perturbation",
     "probe_pathway",
+    "compound_gene_ap",
+    "compound_gene_z",
 )
 METRIC_LABELS = {
     "recall_complex": "complex recall",
@@ -74,6 +76,8 @@ METRIC_LABELS = {
     "consistency_fraction_significant": "share of consistent perturbations",
     "probe_perturbation": "perturbation probe (bal. acc.)",
     "probe_pathway": "pathway probe (bal. acc.)",
+    "compound_gene_ap": "compound-gene AP",
+    "compound_gene_z": "compound-gene AP z-score",
 }
 HEATMAP_METRICS = ("recall_complex",)
 BASELINE_KINDS = ("random-init", "pixel-pca", "handcrafted")

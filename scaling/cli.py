@@ -31,6 +31,8 @@ def cmd_synth(a) -> int:
     what = f"{s['sites']} sites"
     if "embedding_dim" in s:
         what = f"embeddings.parquet ({s['embedding_dim']} dimensions, no images)"
+    if "compounds" in s:
+        what += f", {s['compounds']} compounds ({s['treatments']} treatments)"
     print(
         f"wrote {a.out}: {s['genes']} genes ({s['active_genes']} active), {s['complexes']} "
         f"complexes, {s['pathways']} pathways, {s['experiments']} experiments, "
@@ -301,6 +303,12 @@ def cmd_benchmark(a) -> int:
         f"  consistency  KS {c['ks']:.3f}  CvM {c['cvm']:.4g}  "
         f"significant {c['fraction_significant']:.3f}"
     )
+    if "compound_gene" in r:
+        g = r["compound_gene"]
+        print(
+            f"  compounds    AP {g['ap']:.3f}  random {g['random_mean']:.3f} +- "
+            f"{g['random_sd']:.3f}  z {g['z']:.1f}  ({g['n_compounds']} compounds)"
+        )
     return 0
 
 

@@ -63,7 +63,9 @@ def phenoprints_selection(
     kept when its replicate consistency under a reference embedding beats the control null
     at ``p < p_value`` (``consistency.perturbation_pvalues`` after TVN) and it appears in at least
     ``min_experiments`` experiments and ``min_wells`` wells; plus a random
-    ``control_fraction`` of the control wells.
+    ``control_fraction`` of the control wells. In a screen with compounds, all of it is
+    computed on the gene screen alone (``evaluate.compounds.gene_wells``): compound wells
+    and the controls of compound plates are never kept.
 
     The reference is a checkpoint's block ``block`` (default: its last) or, with no
     checkpoint, the hand-crafted features. The count thresholds are scaled to the world:
@@ -71,7 +73,9 @@ def phenoprints_selection(
     experiments; the median wells per perturbation), so the paper's 3 experiments and 20
     wells apply to whole-genome screens and a small world is not emptied by them.
     """
+    from scaling.evaluate.compounds import gene_wells
     from scaling.evaluate.consistency import perturbation_pvalues
+    from scaling.evaluate.table import read_compounds
     from scaling.evaluate.tvn import tvn
 
     if not 0 < p_value < 1:
@@ -81,9 +85,15 @@ def phenoprints_selection(
     if min(min_experiments, min_wells) < 1:
         raise InputError("--min-experiments, --min-wells: must be at least 1")
     ref_wells, x = reference_embedding(ds, reference, block)
+    gene = np.ones(len(wells), bool)
+    compounds = read_compounds(ds.truth)
+    if compounds is not None:  # the gene screen alone, as without compounds (never kept)
+        ref = gene_wells(ref_wells, compounds)
+        ref_wells, x = ref_wells[ref].reset_index(drop=True), x[ref]
+        gene = gene_wells(wells, compounds)
     x = tvn(x, ref_wells["is_control"].to_numpy(), ref_wells["experiment"].to_numpy())
     pv = perturbation_pvalues(ref_wells, x, seed=seed).set_index("perturbation")
-    genes = wells[~wells["is_control"]]
+    genes = wells[~wells["is_control"] & gene]
     n_wells = genes.groupby("perturbation").size()
     n_exps = genes.groupby("perturbation")["experiment"].nunique()
     need_exps = min(min_experiments, wells["experiment"].nunique())
@@ -92,7 +102,7 @@ def phenoprints_selection(
     keep = set(consistent) & set(n_wells.index[n_wells >= need_wells])
     keep &= set(n_exps.index[n_exps >= need_exps])
     mask = wells["perturbation"].isin(keep).to_numpy() & ~wells["is_control"].to_numpy()
-    controls = np.flatnonzero(wells["is_control"].to_numpy())
+    controls = np.flatnonzero(wells["is_control"].to_numpy() & gene)
     mask[rng.choice(controls, round(control_fraction * len(controls)), replace=False)] = True
     return mask
 
@@ -123,13 +133,19 @@ def reference_inputs(params: dict) -> list[Path]:
 
 
 def truth_scores(chosen: pd.DataFrame, truth) -> dict | None:
-    """Precision and recall of the kept genes against the truth's ``active`` flag."""
+    """Precision and recall of the kept genes (compound treatments are not genes) against
+    the truth's ``active`` flag."""
+    from scaling.evaluate.table import read_compounds
+
     path = truth / "perturbations.parquet"
     if not path.is_file():
         return None
     active = pd.read_parquet(path, columns=["perturbation", "active"])
     active = set(active.loc[active["active"], "perturbation"])
     kept = set(chosen.loc[~chosen["is_control"], "perturbation"])
+    compounds = read_compounds(truth)
+    if compounds is not None:
+        kept -= set(compounds["perturbation"].astype(str))
     hits = len(kept & active)
     return {
         "kept_genes": len(kept),

@@ -8,6 +8,7 @@ Modules, in pipeline order:
 - ``tvn``: typical variation normalisation (ARCHITECTURE section 4).
 - ``recall``: aggregation to perturbations, known-relationship recall.
 - ``consistency``: replicate consistency and per-perturbation p-values.
+- ``compounds``: compound-gene activity, and the gene part of a screen with compounds.
 - ``maps``: the map benchmarks (TVN, recall, consistency) and ``scaling benchmark``.
 - ``probes``: linear probes and the best-block search.
 - ``evaluate``: ``scaling evaluate``, all of the above for one model.

@@ -4,7 +4,7 @@ not only on reconstruction.
 
 The set is chosen once by the driver (:func:`probe_set`): the wells of a seeded sample of
 perturbations (active or not: the probe tasks keep the active ones, ARCHITECTURE
-section 4), at most ``max_wells`` wells, one site each, cut into grid tiles. Workers embed
+section 4; compound treatments are left out), at most ``max_wells`` wells, one site each, cut into grid tiles. Workers embed
 it with the model they train (:func:`probe_metrics`), exactly as ``scaling evaluate``
 does, only on fewer wells.
 """
@@ -17,6 +17,7 @@ import torch
 
 from scaling.config import DataConfig
 from scaling.errors import InputError
+from scaling.evaluate.table import read_compounds
 from scaling.model.precision import autocast
 from scaling.shards.dataset import Dataset, open_dataset
 from scaling.shards.format import KEY_COLUMNS
@@ -38,6 +39,9 @@ def probe_set(data, crop: int, max_wells: int = 256, seed: int = 0, index=None) 
     sites = site_index(ds, DataConfig(seed=seed)) if index is None else index
     sites = sites[sites["site"] == sites.groupby(KEY_COLUMNS)["site"].transform("min")]
     sites = sites[~sites["is_control"]].sort_values(KEY_COLUMNS)
+    compounds = read_compounds(ds.truth)
+    if compounds is not None:  # compound treatments are in no probe task
+        sites = sites[~sites["perturbation"].isin(compounds["perturbation"])]
     perts = np.sort(sites["perturbation"].unique())
     per = max(1, len(sites) // max(1, len(perts)))
     rng = np.random.default_rng([seed, 7])

@@ -13,7 +13,8 @@ features) and ``pixel-pca`` (raw pixels); the last two have one embedding, ``blo
 Metrics per block: ``recall_{source}`` (known-relationship recall), ``consistency_ks``,
 ``consistency_cvm``, ``consistency_fraction_significant`` (all after TVN unless
 ``tvn=False``), ``probe_{task}`` (test balanced accuracy) and ``probe_{task}_val``
-(validation, which chooses b*). See ARCHITECTURE section 4.
+(validation, which chooses b*); where the data's truth has compounds, ``compound_gene_ap``
+and ``compound_gene_z`` (compound-gene activity). See ARCHITECTURE section 4.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from scaling.evaluate.embed import (
 )
 from scaling.evaluate.maps import map_benchmarks
 from scaling.evaluate.probes import probe_blocks
-from scaling.evaluate.table import read_truth, write_embeddings
+from scaling.evaluate.table import read_compounds, read_truth, write_embeddings
 from scaling.progress import bar
 from scaling.shards.dataset import open_dataset
 
@@ -51,8 +52,11 @@ def score_blocks(
     seed: int = 0,
     progress: bool = True,
     desc: str = "benchmarks",
+    compounds: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, int]:
-    """E (n_blocks, n_wells, D) -> (tidy metrics block, metric, value; b*)."""
+    """E (n_blocks, n_wells, D) -> (tidy metrics block, metric, value; b*). With a compound
+    table, also ``compound_gene_ap`` and ``compound_gene_z`` (``maps.map_benchmarks``);
+    the probes never see compound wells (they are in no probe task)."""
     probes, best = probe_blocks(wells, E, perturbations, blocks=blocks)
     rows = []
     for _, r in probes.iterrows():
@@ -60,9 +64,13 @@ def score_blocks(
         rows.append((r["block"], f"probe_{r['task']}{suffix}", r["balanced_accuracy"]))
     with bar(total=len(blocks), desc=desc, unit="block", enabled=progress) as b:
         for block, x in zip(blocks, E, strict=True):
-            m = map_benchmarks(wells, x, perturbations, relationships, tvn=tvn, seed=seed)
+            m = map_benchmarks(
+                wells, x, perturbations, relationships, tvn=tvn, seed=seed, compounds=compounds
+            )
             rows += [(block, f"recall_{s}", v) for s, v in m["recall"].items()]
             rows += [(block, f"consistency_{k}", v) for k, v in m["consistency"].items()]
+            if "compound_gene" in m:
+                rows += [(block, f"compound_gene_{k}", m["compound_gene"][k]) for k in ("ap", "z")]
             b.update()
     df = pd.DataFrame(rows, columns=["block", "metric", "value"])
     return df.astype({"block": "int64", "value": "float64"}), best
@@ -124,6 +132,7 @@ def evaluate_models(
     pixel baselines), score them on ``data`` and write OUT; returns the summary."""
     ds = open_dataset(data)
     perturbations, relationships = read_truth(ds.truth)
+    compounds = read_compounds(ds.truth)
     weights = [Path(s.weights).parent for s in specs.values() if s.weights is not None]
     out = check_out(out, [data, ds.root, *weights], overwrite)  # before any embedding
     actors = actors or default_actors()
@@ -155,6 +164,7 @@ def evaluate_models(
                 seed=seed,
                 progress=progress,
                 desc=f"score {name}",
+                compounds=compounds,
             )
             frames.append(df.assign(model=name))
             at_best = df[df["block"] == best]

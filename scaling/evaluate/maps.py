@@ -1,7 +1,8 @@
 """Perturbation maps and their benchmarks (ARCHITECTURE section 4): TVN (batch =
 experiment), then known-relationship recall on the aggregated map (``recall``) and
-replicate consistency on the wells (``consistency``); ``scaling benchmark`` runs it on any
-well-embeddings file and writes the contract's JSON.
+replicate consistency on the wells (``consistency``), and compound-gene activity where the
+truth has compounds (``compounds``); ``scaling benchmark`` runs it on any well-embeddings
+file and writes the contract's JSON.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from scaling.errors import InputError
+from scaling.evaluate.compounds import compound_gene_activity, gene_wells
 from scaling.evaluate.consistency import replicate_consistency
 from scaling.evaluate.recall import CHANCE, aggregate, recall_details
 from scaling.evaluate.tvn import tvn as typical_variation_normalisation
@@ -24,6 +26,7 @@ def map_benchmarks(
     relationships: pd.DataFrame,
     tvn: bool = True,
     seed: int = 0,
+    compounds: pd.DataFrame | None = None,
 ) -> dict:
     """The map benchmarks of one set of well embeddings (contract JSON, ARCHITECTURE
     sections 4 and 6): TVN (batch = experiment) unless ``tvn=False``, then recall per
@@ -34,6 +37,10 @@ def map_benchmarks(
     pairs per source), "null_percentiles" ([5th, 95th]), "known_perturbations" (map
     perturbations listed in ``perturbations``) and "tvn". Raises ValueError on data the
     benchmarks cannot use (no controls for TVN, fewer than 2 perturbations).
+
+    With a compound table (``compounds``, truth/compounds.parquet), "compound_gene" is
+    ``compounds.compound_gene_activity`` on all wells, and every other benchmark runs on
+    the gene part alone (``compounds.gene_wells``), as if the screen had no compounds.
     """
     for name, df, cols in (
         ("relationships", relationships, ("source", "gene_a", "gene_b")),
@@ -42,13 +49,18 @@ def map_benchmarks(
         missing = [c for c in cols if c not in df.columns]
         if missing:
             raise ValueError(f"{name}: missing column(s) {', '.join(missing)}")
+    compound_gene = None
+    if compounds is not None:
+        compound_gene = compound_gene_activity(wells, X, compounds, tvn=tvn, seed=seed)
+        keep = gene_wells(wells, compounds)
+        wells, X = wells[keep].reset_index(drop=True), np.asarray(X)[keep]
     if tvn:
         X = typical_variation_normalisation(
             X, wells["is_control"].to_numpy(dtype=bool), wells["experiment"].to_numpy()
         )
     names, M = aggregate(wells, X)
     r = recall_details(names, M, relationships, seed=seed)
-    return {
+    result = {
         "recall": r["recall"],
         "consistency": replicate_consistency(wells, X, seed=seed),
         "n_perturbations": len(names),
@@ -58,6 +70,9 @@ def map_benchmarks(
         "known_perturbations": int(names.isin(perturbations["perturbation"].astype(str)).sum()),
         "tvn": bool(tvn),
     }
+    if compound_gene is not None:
+        result["compound_gene"] = compound_gene
+    return result
 
 
 def benchmark(
@@ -78,7 +93,7 @@ def benchmark(
     Without a truth folder the perturbations are the map's own non-control names. Bad input
     raises InputError naming the file at fault."""
     from scaling import annotations
-    from scaling.evaluate.table import read_embeddings, read_truth, write_json
+    from scaling.evaluate.table import read_compounds, read_embeddings, read_truth, write_json
 
     if Path(out).is_dir():
         raise InputError(f"--out: {out} is a folder, expected a JSON file path")
@@ -90,8 +105,10 @@ def benchmark(
     for f in relationships:
         tables.append(annotations.read_relationships(f, min_score, string_info))
         files.append(str(f))
+    compounds = None
     if truth is not None:
         perturbations, rel = read_truth(truth)
+        compounds = read_compounds(truth)
         tables.insert(0, rel)
         files.insert(0, str(Path(truth) / "relationships.parquet"))
     else:
@@ -99,7 +116,9 @@ def benchmark(
         perturbations = pd.DataFrame({"perturbation": sorted(set(names))})
     relationships = pd.concat(tables, ignore_index=True)[["source", "gene_a", "gene_b"]]
     try:
-        result = map_benchmarks(wells, X, perturbations, relationships, tvn=tvn, seed=seed)
+        result = map_benchmarks(
+            wells, X, perturbations, relationships, tvn=tvn, seed=seed, compounds=compounds
+        )
     except ValueError as e:
         raise InputError(f"{embeddings}: {e}") from None
     result["relationship_files"] = files

@@ -10,7 +10,8 @@ are read as strings, ``is_control`` may be 0/1 integers, and ``features`` may be
 ``list<float64>`` (or of integers) as long as every row has the same length. Anything
 else raises ``InputError`` naming the file and the column at fault.
 
-Also here: ``read_truth`` (a truth folder's two tables, contract columns checked) and
+Also here: ``read_truth`` (a truth folder's two tables, contract columns checked),
+``read_compounds`` (its optional compound table) and
 ``write_json`` (strict JSON, NaN as null, written atomically) for ``scaling benchmark``.
 """
 
@@ -169,7 +170,8 @@ TRUTH_COLUMNS = {
 
 def read_truth(truth) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``truth/perturbations.parquet`` and ``truth/relationships.parquet`` (contract columns
-    checked); InputError naming the file on a missing or bad table."""
+    checked); InputError naming the file on a missing or bad table. The optional third
+    table, ``compounds.parquet``, is read by ``read_compounds``."""
     truth = Path(truth)
     if not truth.is_dir():
         raise InputError(f"{truth}: no such truth folder")
@@ -191,6 +193,33 @@ def read_truth(truth) -> tuple[pd.DataFrame, pd.DataFrame]:
             )
         tables.append(df)
     return tables[0], tables[1]
+
+
+COMPOUND_COLUMNS = ["perturbation", "compound", "concentration", "targets"]
+
+
+def _read_table(path: Path, need: list[str]) -> pd.DataFrame:
+    """An optional truth table with its columns checked; InputError naming the file."""
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    try:
+        df = pd.read_parquet(path)
+    except Exception as e:  # pyarrow raises several types for a corrupt or foreign file
+        raise InputError(
+            f"{path}: not a readable Parquet file ({' '.join(str(e).split())})"
+        ) from None
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise InputError(f"{path}: missing column(s) {', '.join(missing)} (need {', '.join(need)})")
+    return df
+
+
+def read_compounds(truth) -> pd.DataFrame | None:
+    """``truth/compounds.parquet`` (one row per compound treatment, columns
+    ``COMPOUND_COLUMNS`` checked; see scaling.world.compounds), or None when the truth
+    folder has none; InputError naming the file on a bad table."""
+    path = Path(truth) / "compounds.parquet"
+    return _read_table(path, COMPOUND_COLUMNS) if path.exists() else None
 
 
 def _plain(obj):

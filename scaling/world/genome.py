@@ -23,6 +23,10 @@ A well w of gene g on plate p of experiment e, with z = phenotype(g) + well jitt
 
 All batch terms scale with ``spec.batch``, phenotypes with ``spec.strength``. Deterministic
 for a seed.
+
+Compound treatments (``scaling.world.compounds``) get wells the same way, z being the
+treatment's phenotype, on the compound plates after the gene plates; their noise comes
+from their own stream, so the gene wells are those of the world without compounds.
 """
 
 from __future__ import annotations
@@ -53,32 +57,54 @@ def well_table(plates: list[Plate]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["experiment", "plate", "well", "perturbation", "is_control"])
 
 
+def _latent(z: np.ndarray, A: np.ndarray, B: np.ndarray, rng) -> np.ndarray:
+    """Phenotypes z (n, 16) -> the "model"'s h (n, D): well jitter, the map, well noise."""
+    z = z + rng.normal(0.0, WELL_JITTER, z.shape)
+    h = z @ A + 0.3 * np.tanh(2.0 * z @ B)
+    return h + rng.standard_normal(h.shape) * (WELL_NOISE / np.sqrt(A.shape[1]))
+
+
+def _plate_offsets(wells: pd.DataFrame, dim: int, b: float, rng) -> np.ndarray:
+    """(n, D): each well's plate offset (one draw per plate, in order of appearance)."""
+    codes, _ = pd.factorize(wells["plate"])
+    return (rng.standard_normal((codes.max() + 1, dim)) * (PLATE_OFFSET * b / np.sqrt(dim)))[codes]
+
+
+def _factors(n: int, b: float, rng) -> np.ndarray:
+    """(n, NUISANCE_RANK) standard normal nuisance factors, scaled to ``NUISANCE``."""
+    return rng.standard_normal((n, NUISANCE_RANK)) * (NUISANCE * b / np.sqrt(NUISANCE_RANK))
+
+
 def genome_embeddings(
-    spec: WorldSpec, bio: Biology, plates: list[Plate], seed: int, dim: int = EMBED_DIM
+    spec: WorldSpec,
+    bio: Biology,
+    plates: list[Plate],
+    seed: int,
+    dim: int = EMBED_DIM,
+    treatments: dict[str, np.ndarray] | None = None,
 ) -> tuple[pd.DataFrame, np.ndarray]:
-    """The wells of the layout and their embeddings: (wells, X float32 (n_wells, dim))."""
+    """The wells of the layout and their embeddings: (wells, X float32 (n_wells, dim)).
+
+    Compound plates (``Plate.compound``) take their phenotypes from ``treatments`` (name ->
+    (16,), ``Compounds.phenotypes``) and their wells come last, through the same model and
+    their experiments' distortions, with their own noise (stream (seed, 6, 2)); the gene
+    plates' wells are those of a world without compounds."""
     rng = np.random.default_rng([seed, 5])
     b = spec.batch
     A = np.linalg.qr(rng.standard_normal((dim, N_FEATURES)))[0].T  # (16, D) orthonormal rows
     B = rng.standard_normal((N_FEATURES, dim)) / np.sqrt(N_FEATURES)
     shared = rng.standard_normal((NUISANCE_RANK, dim))
 
-    wells = well_table(plates)
-    n = len(wells)
+    wells = well_table([p for p in plates if not p.compound])
     ctrl = wells["is_control"].to_numpy(dtype=bool)
-    gene = np.zeros(n, dtype=np.int64)
+    gene = np.zeros(len(wells), dtype=np.int64)
     gene[~ctrl] = pd.Index(bio.genes).get_indexer(wells["perturbation"][~ctrl])
-    z = np.where(ctrl[:, None], 0.0, bio.phenotype[gene].astype(np.float64))
-    z += rng.normal(0.0, WELL_JITTER, (n, N_FEATURES))
-    h = z @ A + 0.3 * np.tanh(2.0 * z @ B)
-    h += rng.standard_normal((n, dim)) * (WELL_NOISE / np.sqrt(dim))
+    h = _latent(np.where(ctrl[:, None], 0.0, bio.phenotype[gene].astype(np.float64)), A, B, rng)
 
-    X = np.empty((n, dim), dtype=np.float32)
+    X = np.empty((len(wells), dim), dtype=np.float32)
     exp_codes, exps = pd.factorize(wells["experiment"])
-    plate_codes, _ = pd.factorize(wells["plate"])
-    plate_offset = rng.standard_normal((plate_codes.max() + 1, dim)) * (
-        PLATE_OFFSET * b / np.sqrt(dim)
-    )
+    plate_offset = _plate_offsets(wells, dim, b, rng)
+    distortion = {}
     for e in range(len(exps)):
         rows = exp_codes == e
         gains = np.exp(rng.normal(0.0, EXP_GAIN * b, dim))
@@ -86,18 +112,42 @@ def genome_embeddings(
         G = gains[:, None] * mix
         offset = rng.standard_normal(dim) * (EXP_OFFSET * b / np.sqrt(dim))
         loadings = (shared + rng.standard_normal((NUISANCE_RANK, dim))) / np.sqrt(2 * dim)
-        f = rng.standard_normal((int(rows.sum()), NUISANCE_RANK)) * (
-            NUISANCE * b / np.sqrt(NUISANCE_RANK)
-        )
-        X[rows] = h[rows] @ G + offset + plate_offset[plate_codes[rows]] + f @ loadings
+        f = _factors(int(rows.sum()), b, rng)
+        X[rows] = h[rows] @ G + offset + plate_offset[rows] + f @ loadings
+        distortion[exps[e]] = (G, offset, loadings)
+    compound = [p for p in plates if p.compound]
+    if not compound:
+        return wells, X
+    cw, CX = _compound_embeddings(compound, treatments or {}, A, B, distortion, b, seed)
+    return pd.concat([wells, cw], ignore_index=True), np.concatenate([X, CX])
+
+
+def _compound_embeddings(plates, treatments, A, B, distortion, b, seed):
+    """The compound plates' (wells, X): as the gene wells, from the stream (seed, 6, 2)."""
+    rng = np.random.default_rng([seed, 6, 2])
+    wells = well_table(plates)
+    zero = np.zeros(N_FEATURES)
+    z = np.stack(
+        [zero if c else treatments[p] for p, c in wells[["perturbation", "is_control"]].values]
+    )
+    h = _latent(z.astype(np.float64), A, B, rng)
+    plate_offset = _plate_offsets(wells, A.shape[1], b, rng)
+    X = np.empty(h.shape, dtype=np.float32)
+    for exp, (G, offset, loadings) in distortion.items():
+        rows = (wells["experiment"] == exp).to_numpy()
+        f = _factors(int(rows.sum()), b, rng)
+        X[rows] = h[rows] @ G + offset + plate_offset[rows] + f @ loadings
     return wells, X
 
 
-def write_genome(path, spec: WorldSpec, bio: Biology, plates: list[Plate], seed: int) -> dict:
-    """Write the genome world's well embeddings to ``path`` (the evaluation table layout)."""
+def write_genome(
+    path, spec: WorldSpec, bio: Biology, plates: list[Plate], seed: int, treatments=None
+) -> dict:
+    """Write the genome world's well embeddings to ``path`` (the evaluation table layout);
+    ``treatments``: the compound treatments' phenotypes (``genome_embeddings``)."""
     from scaling.evaluate.table import write_embeddings
 
-    wells, X = genome_embeddings(spec, bio, plates, seed)
+    wells, X = genome_embeddings(spec, bio, plates, seed, treatments=treatments)
     write_embeddings(Path(path), wells, X)
     return {"embedding_dim": X.shape[1], "control_wells": int(wells["is_control"].sum())}
 

@@ -24,6 +24,8 @@ class WorldSpec:
     images: bool = True  # False: embeddings only, no images (the evaluation issue's genome preset)
     stains: str = "rxrx3"  # rxrx3: six channels; jump: JUMP's five (scaling.world.render.STAINS)
     gene_names: str = "synthetic"  # corum: real symbols, CORUM complexes (scaling.world.real)
+    compounds: int = 0  # compounds, on plates after the gene plates (scaling.world.compounds)
+    concentrations: int = 4  # doses per compound: a half-log series up to 10 uM
 
 
 PRESETS: dict[str, WorldSpec] = {
@@ -36,8 +38,15 @@ PRESETS: dict[str, WorldSpec] = {
     # the demo's training world: a few hundred genes, 4 experiments, ~3,000 sites
     "small": WorldSpec(genes=320, experiments=4, wells_per_plate=96, controls_per_plate=12),
     # the small world with real gene symbols: complexes from CORUM, pathways from Reactome
+    # the small world with real gene symbols (CORUM complexes) and 20 compounds at 4 doses
+    # (one more plate per experiment): every benchmark of section 4 applies
     "small-real": WorldSpec(
-        genes=320, experiments=4, wells_per_plate=96, controls_per_plate=12, gene_names="corum"
+        genes=320,
+        experiments=4,
+        wells_per_plate=96,
+        controls_per_plate=12,
+        gene_names="corum",
+        compounds=20,
     ),
     # larger worlds for GPU runs: 256 px sites, 384-well plates
     "medium": WorldSpec(
