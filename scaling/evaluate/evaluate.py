@@ -13,7 +13,9 @@ features) and ``pixel-pca`` (raw pixels); the last two have one embedding, ``blo
 Metrics per block: ``recall_{source}`` (known-relationship recall), ``consistency_ks``,
 ``consistency_cvm``, ``consistency_fraction_significant`` (all after TVN unless
 ``tvn=False``), ``probe_{task}`` (test balanced accuracy) and ``probe_{task}_val``
-(validation, which chooses b*). See ARCHITECTURE section 4.
+(validation, which chooses b*), ``map_activity``, ``map_activity_fraction_significant``,
+``map_consistency_{source}`` and ``map_consistency_{source}_fraction_significant`` (mean
+average precision as copairs computes it). See ARCHITECTURE section 4.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from scaling.evaluate.embed import (
     load_spec,
 )
 from scaling.evaluate.maps import map_benchmarks
+from scaling.evaluate.meanap import metric_rows
 from scaling.evaluate.probes import probe_blocks
 from scaling.evaluate.table import read_truth, write_embeddings
 from scaling.progress import bar
@@ -63,6 +66,7 @@ def score_blocks(
             m = map_benchmarks(wells, x, perturbations, relationships, tvn=tvn, seed=seed)
             rows += [(block, f"recall_{s}", v) for s, v in m["recall"].items()]
             rows += [(block, f"consistency_{k}", v) for k, v in m["consistency"].items()]
+            rows += [(block, k, v) for k, v in metric_rows(m["map"])]
             b.update()
     df = pd.DataFrame(rows, columns=["block", "metric", "value"])
     return df.astype({"block": "int64", "value": "float64"}), best
