@@ -34,7 +34,7 @@ NULL_SIZE = 10000  # null draws per configuration (p-values resolve down to 1e-4
 THRESHOLD = 0.05  # corrected p-value below which a perturbation counts as significant
 BINS = 4096  # histogram bins per query row when counting (``count_below``)
 SPAN = 2.0**-10  # narrowest key range the bins cover (rows with one positive)
-TILE = 256  # query rows per Gram tile
+TILE = 128  # query rows per Gram tile
 
 
 # ---------------------------------------------------------------- ranking
@@ -195,9 +195,12 @@ def consistency_ap(names, M: np.ndarray, relationships: pd.DataFrame) -> dict[st
     U = unit(M).astype(np.float32)
     below = np.zeros(len(allp), dtype=np.int64)  # all other perturbations before each pair
     tkey = np.zeros(len(allp), dtype=np.float32)
+    buf = np.empty((min(TILE, len(queries)), P), dtype=np.float32)
     for a in range(0, len(queries), TILE):
         rows = queries[a : a + TILE]
-        K = np.subtract(np.float32(1), U[rows] @ U.T)
+        K = buf[: len(rows)]
+        np.dot(U[rows], U.T, out=K)
+        np.subtract(np.float32(1), K, out=K)
         K[np.arange(len(rows)), rows] = np.inf  # a query is not its own candidate
         s, e = np.searchsorted(allp[:, 0], [rows[0], rows[-1] + 1])
         local = np.searchsorted(rows, allp[s:e, 0])
