@@ -35,15 +35,10 @@ THRESHOLD = 0.05  # corrected p-value below which a perturbation counts as signi
 BINS = 4096  # histogram bins per query row when counting (``count_below``)
 SPAN = 2.0**-10  # narrowest key range the bins cover (rows with one positive)
 TILE = 128  # query rows per Gram tile
+CHUNK = 4096  # (query, positive) pairs per gather
 
 
 # ---------------------------------------------------------------- ranking
-
-
-def keys(A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """copairs' ranking key of every pair: float32 ``1 - cos`` of A (a, D) x B (b, D) ->
-    (a, b); cosines in float64, rounded to float32 as copairs stores them."""
-    return np.float32(1) - (unit(A) @ unit(B).T).astype(np.float32)
 
 
 def unit(X: np.ndarray) -> np.ndarray:
@@ -73,7 +68,7 @@ def ap_from_counts(query: np.ndarray, above: np.ndarray, n_queries: int) -> np.n
 
 def _rank_in_row(row: np.ndarray, t: np.ndarray, ref_row: np.ndarray, ref: np.ndarray):
     """For each (row, t): the number of (ref_row, ref) entries with the same row and
-    ref < t (all float32 keys of ``keys``: multiples of 2^-24 in [-1, 3], so
+    ref < t (float32 ``1 - cos`` keys: multiples of 2^-24 in [-1, 3], so
     ``row * 8 + key + 1`` in float64 orders them exactly)."""
     r = np.sort(ref_row * 8.0 + (ref.astype(np.float64) + 1.0))
     lo = np.searchsorted(r, row * 8.0, side="left")
@@ -93,11 +88,13 @@ def count_below(K: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray
     B, P = K.shape
     nb = BINS + 3
     t = K[rows, cols]
-    lo = np.full(B, np.inf, np.float32)
-    hi = np.full(B, -np.inf, np.float32)
-    np.minimum.at(lo, rows, t)
-    np.maximum.at(hi, rows, t)
-    lo[~np.isfinite(lo)], hi[~np.isfinite(hi)] = 0, 0
+    lo = np.zeros(B, np.float32)
+    hi = np.zeros(B, np.float32)
+    order = np.argsort(rows, kind="stable")
+    r, ts = rows[order], t[order]
+    start = np.flatnonzero(np.r_[True, r[1:] != r[:-1]]) if len(r) else np.zeros(0, int)
+    lo[r[start]] = np.minimum.reduceat(ts, start) if len(r) else lo[:0]
+    hi[r[start]] = np.maximum.reduceat(ts, start) if len(r) else hi[:0]
     scale = (BINS / np.maximum(hi - lo, SPAN)).astype(np.float32)
     F = np.subtract(K, lo[:, None])
     F *= scale[:, None]
@@ -147,7 +144,10 @@ def activity_ap(wells: pd.DataFrame, X: np.ndarray) -> pd.DataFrame:
     ctrl = wells["is_control"].to_numpy(dtype=bool)
     plate = pd.factorize(wells["plate"].astype(str))[0]
     U = unit(X)
-    t = np.float32(1) - np.einsum("ij,ij->i", U[q], U[p]).astype(np.float32)
+    t = np.empty(len(q), dtype=np.float32)
+    for c in range(0, len(q), CHUNK):  # in chunks: gathered rows stay in cache
+        qc, pc = q[c : c + CHUNK], p[c : c + CHUNK]
+        t[c : c + CHUNK] = np.float32(1) - np.einsum("ij,ij->i", U[qc], U[pc]).astype(np.float32)
     above = np.zeros(len(q), dtype=np.int64)
     n_neg = np.zeros(len(wells), dtype=np.int64)
     order = np.argsort(plate[q], kind="stable")
@@ -187,10 +187,11 @@ def consistency_ap(names, M: np.ndarray, relationships: pd.DataFrame) -> dict[st
 
     P = len(names)
     srcs = {
-        s: np.concatenate([ij, ij[:, ::-1]])
+        s: (np.r_[ij[:, 0], ij[:, 1]], np.r_[ij[:, 1], ij[:, 0]])
         for s, ij in relationship_pairs(names, relationships).items()
     }
-    allp = np.unique(np.concatenate([np.zeros((0, 2), np.int64), *srcs.values()]), axis=0)
+    key = np.unique(np.concatenate([np.zeros(0, np.int64), *(i * P + j for i, j in srcs.values())]))
+    allp = np.stack([key // P, key % P], axis=1)  # every (query, partner), sorted
     queries = np.unique(allp[:, 0])
     U = unit(M).astype(np.float32)
     below = np.zeros(len(allp), dtype=np.int64)  # all other perturbations before each pair
@@ -207,12 +208,12 @@ def consistency_ap(names, M: np.ndarray, relationships: pd.DataFrame) -> dict[st
         below[s:e] = count_below(K, local, allp[s:e, 1])
         tkey[s:e] = K[local, allp[s:e, 1]]
     out = {}
-    for src, ij in srcs.items():
-        ij = ij[np.lexsort((ij[:, 1], ij[:, 0]))]
-        at = np.searchsorted(allp[:, 0] * P + allp[:, 1], ij[:, 0] * P + ij[:, 1])
+    for src, (i, j) in srcs.items():
+        at = np.searchsorted(key, np.sort(i * P + j))
+        qi = allp[at, 0]
         t = tkey[at]
-        pos_before = _rank_in_row(ij[:, 0], t, ij[:, 0], t)
-        qs, local = np.unique(ij[:, 0], return_inverse=True)
+        pos_before = _rank_in_row(qi, t, qi, t)
+        qs, local = np.unique(qi, return_inverse=True)
         n_pos = np.bincount(local)
         out[src] = pd.DataFrame(
             {
@@ -311,6 +312,8 @@ def map_scores(wells, X, names, M, relationships, size: int = NULL_SIZE, seed: i
     activity = {**{k: a[k] for k in ("mean_map", "fraction_significant")}, "perturbations": a["n"]}
     consistency = {}
     for src, ap in consistency_ap(names, M, relationships).items():
+        if len(ap) == 0:  # no pair of the source in the map: left out, as in recall
+            continue
         c = summary(ap, size=size, seed=seed)
         consistency[src] = {
             **{k: c[k] for k in ("mean_map", "fraction_significant")},
