@@ -113,8 +113,10 @@ def planted_map(seed=1, groups=5, size=4, loose=10, dim=24):
 def test_consistency_equals_copairs(tmp_path):
     names, M, rel, label = planted_map()
     ours = meanap.consistency_ap(names, M, rel)
+    exact = meanap.consistency_ap(names, M, rel, exact=True)
     assert sorted(ours) == ["complex", "pathway"]
     for src, lab in label.items():
+        pd.testing.assert_frame_equal(ours[src], exact[src])
         meta = pd.DataFrame({"perturbation": names, "label": lab})
         ap = copairs_map.average_precision(
             meta, M, ["label"], [], [], ["label"], progress_bar=False

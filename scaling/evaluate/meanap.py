@@ -175,13 +175,18 @@ def activity_ap(wells: pd.DataFrame, X: np.ndarray) -> pd.DataFrame:
     )
 
 
-def consistency_ap(names, M: np.ndarray, relationships: pd.DataFrame) -> dict[str, pd.DataFrame]:
+def consistency_ap(
+    names, M: np.ndarray, relationships: pd.DataFrame, exact: bool = False
+) -> dict[str, pd.DataFrame]:
     """AP of every query perturbation per source (phenotypic consistency, module doc).
 
     names (P,) the map's perturbations, M (P, D) their (TVN-corrected, aggregated)
     embeddings, relationships (source, gene_a, gene_b) -> {source: one row per query:
     perturbation, average_precision, n_pos_pairs, n_total_pairs (= P - 1)}. The Gram
-    rows of all queries are computed once, in tiles of ``TILE`` rows, for every source.
+    rows of all queries are computed once, in tiles of ``TILE`` rows, for every source,
+    in float32 as recall's (cosines that agree to float32 rounding may then order
+    differently from copairs'); ``exact=True`` computes them in float64 rounded to float32,
+    copairs' keys exactly, at twice the cost.
     """
     from scaling.evaluate.recall import relationship_pairs
 
@@ -193,14 +198,17 @@ def consistency_ap(names, M: np.ndarray, relationships: pd.DataFrame) -> dict[st
     key = np.unique(np.concatenate([np.zeros(0, np.int64), *(i * P + j for i, j in srcs.values())]))
     allp = np.stack([key // P, key % P], axis=1)  # every (query, partner), sorted
     queries = np.unique(allp[:, 0])
-    U = unit(M).astype(np.float32)
+    U = unit(M) if exact else unit(M).astype(np.float32)
     below = np.zeros(len(allp), dtype=np.int64)  # all other perturbations before each pair
     tkey = np.zeros(len(allp), dtype=np.float32)
     buf = np.empty((min(TILE, len(queries)), P), dtype=np.float32)
     for a in range(0, len(queries), TILE):
         rows = queries[a : a + TILE]
         K = buf[: len(rows)]
-        np.dot(U[rows], U.T, out=K)
+        if exact:
+            K[...] = U[rows] @ U.T
+        else:
+            np.dot(U[rows], U.T, out=K)
         np.subtract(np.float32(1), K, out=K)
         K[np.arange(len(rows)), rows] = np.inf  # a query is not its own candidate
         s, e = np.searchsorted(allp[:, 0], [rows[0], rows[-1] + 1])
