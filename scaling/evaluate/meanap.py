@@ -237,18 +237,35 @@ def consistency_ap(
 # ---------------------------------------------------------------- p-values and FDR
 
 
+def _sort_rows(r: np.ndarray, n: int) -> np.ndarray:
+    """Each row of r (m, k) ints in [0, n) sorted: one flat sort of row-offset values
+    (many short rows sort far faster this way than row by row)."""
+    off = np.arange(len(r), dtype=np.int64)[:, None] * n
+    flat = (r + off).ravel()
+    flat.sort()
+    return flat.reshape(r.shape) - off
+
+
+def _sorted_draws(rng, m: int, k: int, n: int) -> np.ndarray:
+    """m rows of k sorted iid uniform draws from [0, n) without sorting: the order
+    statistics of k uniforms are the normalised partial sums of k + 1 exponentials, and
+    flooring keeps their order."""
+    S = np.cumsum(rng.standard_exponential((m, k + 1)), axis=1)
+    return np.minimum(np.floor(S[:, :k] / S[:, k:] * n), n - 1).astype(np.int64)
+
+
 def null_aps(k: int, n: int, size: int, seed: int) -> np.ndarray:
     """``size`` APs (float32) of k positives at uniformly random distinct ranks among n
     candidates: copairs' ``random_ap`` null, drawn in O(k) per draw; seeded by (seed, k, n)
     so a configuration's null does not depend on the others."""
     rng = np.random.default_rng([seed, k, n])
     if n <= 4 * k:  # dense: the k smallest of n random keys
-        r = np.sort(np.argpartition(rng.random((size, n)), k - 1, axis=1)[:, :k], axis=1)
-    else:  # sparse: draw with replacement, redraw the rows with a repeat
-        r = np.sort(rng.integers(0, n, (size, k)), axis=1)
+        r = _sort_rows(np.argpartition(rng.random((size, n)), k - 1, axis=1)[:, :k], n)
+    else:  # sparse: k sorted uniform draws, the rows with a repeat drawn again
+        r = _sorted_draws(rng, size, k, n)
         bad = np.flatnonzero((np.diff(r, axis=1) == 0).any(axis=1))
         while len(bad):
-            r[bad] = np.sort(rng.integers(0, n, (len(bad), k)), axis=1)
+            r[bad] = _sorted_draws(rng, len(bad), k, n)
             bad = bad[(np.diff(r[bad], axis=1) == 0).any(axis=1)]
     return (np.arange(1, k + 1) / (r + 1.0)).mean(axis=1).astype(np.float32)
 
