@@ -179,3 +179,12 @@ def test_metric_rows_name_every_metric():
     ]
     assert all(0 <= r[1] <= 1 for r in rows)
     assert m["activity"]["perturbations"] == 12 and m["consistency"]["complex"]["queries"] == 20
+
+
+def test_no_replicates_on_other_plates_gives_no_activity():
+    wells, X = planted_wells(plates=1)
+    wells = wells[wells["perturbation"] != "G00"]  # the one with two wells on plate 0
+    X = X[wells.index]
+    assert len(meanap.activity_ap(wells.reset_index(drop=True), X)) == 0
+    s = meanap.summary(meanap.activity_ap(wells.reset_index(drop=True), X))
+    assert s["n"] == 0 and np.isnan(s["mean_map"])

@@ -285,6 +285,8 @@ def map_pvalues(ap: pd.DataFrame, size: int = NULL_SIZE, seed: int = 0, nulls=nu
     ``get_null_dists`` gives copairs' p-values exactly).
     """
     ap = ap[ap["average_precision"].notna() & (ap["n_pos_pairs"] > 0)].reset_index(drop=True)
+    if len(ap) == 0:
+        return pd.DataFrame({"perturbation": [], "mean_average_precision": [], "p_value": []})
     confs, conf = np.unique(
         ap[["n_pos_pairs", "n_total_pairs"]].to_numpy(), axis=0, return_inverse=True
     )
