@@ -60,6 +60,9 @@ VAL_SUFFIX = "_val"
 METRIC_ORDER = (
     "recall_complex",
     "recall_pathway",
+    "map_activity",
+    "map_consistency_complex",
+    "map_consistency_pathway",
     "consistency_ks",
     "consistency_cvm",
     "consistency_fraction_significant",
@@ -71,6 +74,9 @@ METRIC_ORDER = (
 METRIC_LABELS = {
     "recall_complex": "complex recall",
     "recall_pathway": "pathway recall",
+    "map_activity": "phenotypic activity (mAP)",
+    "map_consistency_complex": "complex consistency (mAP)",
+    "map_consistency_pathway": "pathway consistency (mAP)",
     "consistency_ks": "replicate consistency (KS)",
     "consistency_cvm": "replicate consistency (CvM)",
     "consistency_fraction_significant": "share of consistent perturbations",

@@ -44,6 +44,7 @@ from analysis.plots import ci, finite, label, num, section
 from scaling.errors import InputError
 
 HEADLINE = "recall_complex"
+MAP_HEADLINE = "map_activity"  # shown beside the headline: phenotypic activity mAP (copairs)
 BUDGET_FACTOR = 10.0  # default budget: this many times the largest compute in the ladder
 DASH = "—"
 
@@ -455,16 +456,18 @@ def isoflop_text(fit: dict) -> str:
 
 def runs_table(runs: pd.DataFrame, metrics: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     """(header, rows): one row per row of runs.parquet, trained runs first (by params,
-    curation, compute), with b* and complex recall at b*."""
+    curation, compute), with b* and, at b*, complex recall and phenotypic activity mAP."""
     best = plots.best_blocks(metrics)
     wide = plots.values_at_best(metrics, best)
     recall = wide[HEADLINE] if HEADLINE in wide.columns else pd.Series(dtype=float)
+    activity = wide[MAP_HEADLINE] if MAP_HEADLINE in wide.columns else pd.Series(dtype=float)
     table = runs.copy()
     table["_trained"] = table.index.isin(plots.mae_runs(runs).index)
     table = table.sort_values(
         ["_trained", "params", "curation", "flops"], ascending=[False, True, True, True]
     )
     header = list(RUNS_COLUMNS) + ["best block b* / depth", f"{HEADLINE} at b*"]
+    header.append(f"{MAP_HEADLINE} at b*")
     rows = []
     for r in table.to_dict("records"):
         b = best.get(r["run_id"])
@@ -474,6 +477,7 @@ def runs_table(runs: pd.DataFrame, metrics: pd.DataFrame) -> tuple[list[str], li
             [str(r["run_id"]), str(r["model"]), fmt(r["params"]), str(r["curation"])]
             + [fmt(r[c]) for c in ("crops_seen", "flops")]
             + [fmt(r["loss"], 4), block, fmt(recall.get(r["run_id"]))]
+            + [fmt(activity.get(r["run_id"]))]
         )
     return header, rows
 

@@ -303,6 +303,14 @@ def cmd_benchmark(a) -> int:
         f"  consistency  KS {c['ks']:.3f}  CvM {c['cvm']:.4g}  "
         f"significant {c['fraction_significant']:.3f}"
     )
+    m = r["map"]
+    cons = "  ".join(f"{k} {v['mean_map']:.3f}" for k, v in m["consistency"].items())
+    sig = "  ".join(f"{k} {v['fraction_significant']:.3f}" for k, v in m["consistency"].items())
+    print(
+        f"  mAP          activity {m['activity']['mean_map']:.3f} "
+        f"(significant {m['activity']['fraction_significant']:.3f})  consistency {cons} "
+        f"(significant {sig})"
+    )
     if "compound_gene" in r:
         g = r["compound_gene"]
         print(

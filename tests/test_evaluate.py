@@ -112,6 +112,12 @@ def test_scaling_evaluate_end_to_end(smoke_run, tiny_world, tmp_path):
         "probe_perturbation_val",
         "probe_pathway",
         "probe_pathway_val",
+        "map_activity",
+        "map_activity_fraction_significant",
+        "map_consistency_complex",
+        "map_consistency_complex_fraction_significant",
+        "map_consistency_pathway",
+        "map_consistency_pathway_fraction_significant",
     }
     mae = m[m["model"] == "mae"]
     for block in (1, 2):  # cpu-xs has two blocks; every metric for each
@@ -129,6 +135,8 @@ def test_scaling_evaluate_end_to_end(smoke_run, tiny_world, tmp_path):
     )
     row = mae[(mae["block"] == 2) & (mae["metric"] == "recall_complex")]
     assert row["value"].item() == again["recall"]["complex"]
+    row = mae[(mae["block"] == 2) & (mae["metric"] == "map_consistency_pathway")]
+    assert row["value"].item() == again["map"]["consistency"]["pathway"]["mean_map"]
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["mae"]["blocks"] == 2 and summary["mae"]["best_block"] in (1, 2)

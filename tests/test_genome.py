@@ -91,9 +91,10 @@ def test_recall_falls_with_the_planted_strength(recalls):
 def test_eval_bench_lines(tmp_path):
     synthesize_genome(tmp_path / "g", spec=dataclasses.replace(SMALL, genes=1500))
     lines = list(bench_eval(str(tmp_path / "g"), repeats=1))
-    assert [x["case"] for x in lines] == ["genome-map", "genome-recall-only"]
+    assert [x["case"] for x in lines] == ["genome-map", "genome-recall-only", "genome-map-mAP"]
     for x in lines:
         assert set(x) >= BENCH_KEYS and x["unit"] == "s" and x["perturbations"] == 1500
         assert x["ours"] > 0 and abs(x["ratio"] - x["ours"] / x["anchor_value"]) < 1e-12
         json.dumps(x)
     assert lines[0]["recall"]["complex"] > 0.25
+    assert set(lines[0]["map"]) == {"activity", "consistency"}

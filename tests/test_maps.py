@@ -520,6 +520,8 @@ def test_benchmark_cli_contract_and_bad_input(tmp_path):
     assert set(r["consistency"]) == {"ks", "cvm", "fraction_significant"}
     assert all(isinstance(v, float) for v in [*r["recall"].values(), *r["consistency"].values()])
     assert r["recall"]["complex"] > 0.25 and "recall" in stdout
+    assert set(r["map"]["consistency"]) == {"complex", "pathway"} and "mAP" in stdout
+    assert 0 < r["map"]["activity"]["mean_map"] < 1 and r["map"]["activity"]["perturbations"] == 400
     # bad input: exit 2, one line naming the file at fault
     (truth / "relationships.parquet").unlink()
     rc, _, err = run_cli(

@@ -301,6 +301,7 @@ def test_runs_table_has_one_row_per_run(full):
     table = re.search(r'<table id="runs">(.*?)</table>', page, re.S).group(1)
     body = table.split("<tbody>")[1]
     assert body.count("<tr>") == len(runs)
+    assert "recall_complex at b*" in table and "map_activity at b*" in table
     for run_id in runs["run_id"]:
         assert f"<td>{run_id}</td>" in body
 

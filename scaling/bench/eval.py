@@ -10,8 +10,10 @@ The world is the ``genome`` preset (about 18,000 perturbations x 128 dimensions,
 wells), synthesised into a temporary folder unless ``--data`` names one made by
 ``scaling synth --preset genome``. Cases, each the median of ``REPEATS`` interleaved runs
 (anchor, then ours, so both see the same machine load): ``genome-map`` (``map_benchmarks``
-from well embeddings to the contract JSON) and ``genome-recall-only``
-(``relationship_recall`` of every source on the aggregated map).
+from well embeddings to the contract JSON, mAP included), ``genome-recall-only``
+(``relationship_recall`` of every source on the aggregated map) and ``genome-map-mAP``
+(``meanap.map_scores``: phenotypic activity on the TVN-corrected wells and consistency of
+every source on the aggregated map).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 from scaling.bench import line
 from scaling.errors import InputError
 from scaling.evaluate.maps import map_benchmarks
+from scaling.evaluate.meanap import map_scores
 from scaling.evaluate.recall import aggregate, relationship_recall, unit_rows
 from scaling.evaluate.table import read_embeddings, read_truth
 from scaling.evaluate.tvn import tvn
@@ -56,7 +59,8 @@ def bench_eval(path: str | None = None, repeats: int = REPEATS):
         wells, X = read_embeddings(emb)
         perturbations, relationships = read_truth(Path(path) / "truth")
         ctrl, exp = wells["is_control"].to_numpy(), wells["experiment"].to_numpy()
-        names, M = aggregate(wells, tvn(X, ctrl, exp))
+        Xt = tvn(X, ctrl, exp)
+        names, M = aggregate(wells, Xt)
         U = unit_rows(M)
 
         G = np.empty((len(U), len(U)), dtype=np.float32)  # allocated (and touched) off the clock
@@ -65,7 +69,7 @@ def bench_eval(path: str | None = None, repeats: int = REPEATS):
         def gram() -> None:
             np.dot(U, U.T, out=G)  # the anchor: every cosine of the map, float32
 
-        times = {"anchor": [], "map": [], "recall": []}
+        times = {"anchor": [], "map": [], "recall": [], "mAP": []}
         result = None
         for _ in range(repeats):
             times["anchor"].append(_seconds(gram)[0])
@@ -76,6 +80,7 @@ def bench_eval(path: str | None = None, repeats: int = REPEATS):
             times["recall"].append(
                 _seconds(lambda: relationship_recall(names, M, relationships))[0]
             )
+            times["mAP"].append(_seconds(lambda: map_scores(wells, Xt, names, M, relationships))[0])
         med = {k: float(np.median(v)) for k, v in times.items()}
         size = dict(perturbations=len(names), wells=len(wells), dim=int(X.shape[1]))
         extra = dict(synth_s=synth_s) if synth_s is not None else {}
@@ -89,9 +94,11 @@ def bench_eval(path: str | None = None, repeats: int = REPEATS):
             **size,
             recall=result["recall"],
             consistency=result["consistency"],
+            map=result["map"],
             **extra,
         )
         yield line("eval", "genome-recall-only", med["recall"], ANCHOR, med["anchor"], "s", **size)
+        yield line("eval", "genome-map-mAP", med["mAP"], ANCHOR, med["anchor"], "s", **size)
     finally:
         if tmp is not None:
             tmp.cleanup()

@@ -13,8 +13,11 @@ features) and ``pixel-pca`` (raw pixels); the last two have one embedding, ``blo
 Metrics per block: ``recall_{source}`` (known-relationship recall), ``consistency_ks``,
 ``consistency_cvm``, ``consistency_fraction_significant`` (all after TVN unless
 ``tvn=False``), ``probe_{task}`` (test balanced accuracy) and ``probe_{task}_val``
-(validation, which chooses b*); where the data's truth has compounds, ``compound_gene_ap``
-and ``compound_gene_z`` (compound-gene activity). See ARCHITECTURE section 4.
+(validation, which chooses b*), ``map_activity``, ``map_activity_fraction_significant``,
+``map_consistency_{source}`` and ``map_consistency_{source}_fraction_significant`` (mean
+average precision as copairs computes it); where the data's truth has compounds,
+``compound_gene_ap`` and ``compound_gene_z`` (compound-gene activity). See
+ARCHITECTURE section 4.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from scaling.evaluate.embed import (
     load_spec,
 )
 from scaling.evaluate.maps import map_benchmarks
+from scaling.evaluate.meanap import metric_rows
 from scaling.evaluate.probes import probe_blocks
 from scaling.evaluate.table import read_compounds, read_truth, write_embeddings
 from scaling.progress import bar
@@ -69,6 +73,7 @@ def score_blocks(
             )
             rows += [(block, f"recall_{s}", v) for s, v in m["recall"].items()]
             rows += [(block, f"consistency_{k}", v) for k, v in m["consistency"].items()]
+            rows += [(block, k, v) for k, v in metric_rows(m["map"])]
             if "compound_gene" in m:
                 rows += [(block, f"compound_gene_{k}", m["compound_gene"][k]) for k in ("ap", "z")]
             b.update()

@@ -15,6 +15,7 @@ import pandas as pd
 from scaling.errors import InputError
 from scaling.evaluate.compounds import compound_gene_activity, gene_wells
 from scaling.evaluate.consistency import replicate_consistency
+from scaling.evaluate.meanap import map_scores
 from scaling.evaluate.recall import CHANCE, aggregate, recall_details
 from scaling.evaluate.tvn import tvn as typical_variation_normalisation
 
@@ -35,7 +36,10 @@ def map_benchmarks(
     Returns {"recall": {source: float}, "consistency": {"ks", "cvm",
     "fraction_significant"}, "n_perturbations": int} plus "chance" (0.10), "pairs" (query
     pairs per source), "null_percentiles" ([5th, 95th]), "known_perturbations" (map
-    perturbations listed in ``perturbations``) and "tvn". Raises ValueError on data the
+    perturbations listed in ``perturbations``), "tvn" and "map" (mean average precision,
+    ``scaling.evaluate.meanap.map_scores``: {"activity": {"mean_map",
+    "fraction_significant", "perturbations"}, "consistency": {source: {"mean_map",
+    "fraction_significant", "queries"}}}). Raises ValueError on data the
     benchmarks cannot use (no controls for TVN, fewer than 2 perturbations).
 
     With a compound table (``compounds``, truth/compounds.parquet), "compound_gene" is
@@ -69,6 +73,8 @@ def map_benchmarks(
         "null_percentiles": r["null_percentiles"],
         "known_perturbations": int(names.isin(perturbations["perturbation"].astype(str)).sum()),
         "tvn": bool(tvn),
+        # mAP (copairs): phenotypic activity on the wells, consistency per source on the map
+        "map": map_scores(wells, X, names, M, relationships, seed=seed),
     }
     if compound_gene is not None:
         result["compound_gene"] = compound_gene
