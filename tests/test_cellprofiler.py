@@ -15,6 +15,7 @@ from scaling.evaluate.cellprofiler import (
 from scaling.evaluate.evaluate import baseline_names, evaluate_models
 from scaling.evaluate.table import read_embeddings
 from scaling.shards.dataset import open_dataset, well_table
+from tests.conftest import run_cli
 
 KEYS = ["experiment", "plate", "well"]
 CENTRES = [(24, 24), (24, 90), (64, 56), (100, 24), (100, 100)]
@@ -83,6 +84,16 @@ def test_jump_names_pairs_and_unknown_baselines():
     assert baseline_names(True) == ("random-init", "handcrafted", "pixel-pca")
     with pytest.raises(InputError, match="cellprofilr"):
         baseline_names(["handcrafted", "cellprofilr"])
+
+
+def test_evaluate_cli_names_an_unknown_baseline(tmp_path):
+    out = tmp_path / "o"
+    rc, _, err = run_cli(
+        "evaluate", "--checkpoint", tmp_path, "--data", tmp_path, "--out", out,
+        "--baselines", "handcrafted,cellprofilr",
+    )  # fmt: skip
+    assert rc == 2 and "cellprofilr" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
 
 
 def test_cellprofiler_baseline_on_the_tiny_world(tiny_world, tmp_path):

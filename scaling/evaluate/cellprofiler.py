@@ -20,13 +20,14 @@ measured with cp-measure (CellProfiler's own code) on intensities scaled to [0, 
   missing stain is skipped and named).
 
 Dropped for their cost, measured per 128 px site by :func:`time_families` on the tiny
-world (README has the table; everything kept costs about 180 ms per six-channel site on
-a loaded 2-core machine): Costes colocalisation (about 80 ms per pair, 240 for the three),
-the radial intensity distribution and its Zernikes (about 80 ms for six channels; a
-per-channel profile that the intensity quartiles and edge features partly carry), and
-texture at CellProfiler's 256 grey levels (5-25x the cost at 16). Position-bound features
-(locations, centres, bounding-box corners, spatial moments, orientation) are dropped:
-they describe where a cell lies in the field, not its phenotype.
+world (README has the table; everything kept costs about 140 ms per six-channel site on
+one core of a shared 2-core machine): Costes colocalisation (about 150 ms for the three
+pairs, more than any kept family), the radial intensity distribution and its Zernikes
+(about 95 ms for six channels; a per-channel profile that the intensity quartiles and
+edge features partly carry), and texture at CellProfiler's 256 grey levels (about 600
+ms, 20x the cost at 16). Position-bound features (locations, centres, bounding-box
+corners, spatial moments, orientation) are dropped: they describe where a cell lies in
+the field, not its phenotype.
 
 A well's profile is the median over the cells of its (sampled) sites, feature by feature
 (undefined values skipped), plus ``Cells_per_site``; a well with no cell takes the median
