@@ -49,16 +49,24 @@ from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
 from scaling.errors import InputError
-from scaling.evaluate.baselines import WELL_COLUMNS, Stains, segment_cells, segment_nuclei, stains
+from scaling.evaluate.baselines import (
+    ROLES,
+    WELL_COLUMNS,
+    Stains,
+    segment_cells,
+    segment_nuclei,
+    stains,
+)
 from scaling.parallel import init_ray, parallel_map
 from scaling.shards.dataset import Dataset, open_dataset, well_keys
 from scaling.shards.format import KEY_COLUMNS
 from scaling.stream.crops import decode_sites, site_ids
 
-# stain -> its channel names (lower case), for the colocalisation pairs
+# stain -> its channel names (lower case), for the colocalisation pairs; finer than the
+# handcrafted roles, which put ER and AGP together as cell stains
 STAIN_NAMES = {
-    "DNA": ("nuclei", "dna", "hoechst", "dapi"),
-    "RNA": ("rna", "syto14", "nucleoli"),
+    "DNA": tuple(k for k, v in ROLES.items() if v == "nuclei"),
+    "RNA": tuple(k for k, v in ROLES.items() if v == "rna"),
     "ER": ("er", "cona"),
     "Mito": ("mito", "mitotracker"),
     "AGP": ("agp", "actin", "phalloidin", "golgi", "wga", "membrane", "golgi_membrane"),
@@ -148,7 +156,7 @@ def site_cells(site: np.ndarray, roles: Stains, pairs, times: dict | None = None
         return pd.DataFrame()
     cols = {}
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Costes and others warn on flat objects: NaN, skipped
+        warnings.simplefilter("ignore")  # flat objects warn and give NaN, skipped by the median
         for fam, prefix, run in thunks:
             t0 = time.perf_counter()
             for k, v in run().items():
