@@ -260,18 +260,21 @@ def cmd_evaluate(a) -> int:
         a.checkpoint,
         a.data,
         a.out,
-        baselines=not a.no_baselines,
+        baselines=False if a.no_baselines else [b for b in a.baselines.split(",") if b],
         tvn=not a.no_tvn,
         batch_size=a.batch_size,
         actors=a.actors,
         seed=a.seed,
         overwrite=a.overwrite,
+        sites_per_well=a.sites_per_well,
     )
     print(f"wrote {a.out}: embeddings/, metrics.parquet, summary.json")
     for model, m in s.items():
         if isinstance(m, dict):
             shown = ", ".join(
-                f"{k} {v:.3f}" for k, v in m.items() if k not in ("best_block", "blocks")
+                f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                for k, v in m.items()
+                if k not in ("best_block", "blocks")
             )
             print(f"  {model:12s} block {m['best_block']:2d}/{m['blocks']}: {shown}")
     return 0
@@ -549,6 +552,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True, help="dataset or curation folder (with truth/)")
     s.add_argument("--out", required=True)
     s.add_argument("--no-baselines", action="store_true", help="score the checkpoint only")
+    s.add_argument(
+        "--baselines",
+        default="random-init,handcrafted,pixel-pca",
+        help="comma-separated baselines (default: %(default)s; also: cellprofiler)",
+    )
+    s.add_argument(
+        "--sites-per-well", type=int, help="cellprofiler: a seeded sample of sites per well"
+    )
     s.add_argument("--no-tvn", action="store_true", help="benchmarks without TVN")
     s.add_argument("--batch-size", type=int, default=256, help="crops per inference batch")
     s.add_argument("--actors", type=int, help="embedding actors (default: 1 per GPU or 2 CPUs)")

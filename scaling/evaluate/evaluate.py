@@ -8,7 +8,10 @@ Output (``OUT``, written under a hidden sibling and renamed into place)::
 
 ``model`` is ``mae`` (the checkpoint; blocks 1..depth as the paper counts them) and, with
 baselines, ``random-init`` (the same ViT, untrained), ``handcrafted`` (CellProfiler-like
-features) and ``pixel-pca`` (raw pixels); the last two have one embedding, ``block`` 0.
+features) and ``pixel-pca`` (raw pixels), and on request ``cellprofiler`` (cp-measure's
+per-cell features, median per well; its summary entry adds ``seconds_per_well``,
+``sites_per_well``, ``features`` and ``dropped_features``); the feature baselines have one
+embedding, ``block`` 0.
 
 Metrics per block: ``recall_{source}`` (known-relationship recall), ``consistency_ks``,
 ``consistency_cvm``, ``consistency_fraction_significant`` (all after TVN unless
@@ -29,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from scaling.atomic import atomic_folder, check_out
+from scaling.errors import InputError
 from scaling.evaluate.embed import (
     ModelSpec,
     default_actors,
@@ -43,7 +47,23 @@ from scaling.evaluate.table import read_compounds, read_truth, write_embeddings
 from scaling.progress import bar
 from scaling.shards.dataset import open_dataset
 
-BASELINES = ("random-init", "handcrafted", "pixel-pca")
+BASELINES = ("random-init", "handcrafted", "pixel-pca")  # the default set
+KNOWN_BASELINES = BASELINES + ("cellprofiler",)
+FEATURES = ("handcrafted", "pixel-pca")  # ``features=True``
+
+
+def baseline_names(baselines) -> tuple[str, ...]:
+    """``True`` (the default set), ``False`` (none), or names, checked against
+    ``KNOWN_BASELINES`` (an ``InputError`` naming an unknown one)."""
+    if baselines is True:
+        return BASELINES
+    names = tuple(baselines or ())
+    unknown = [n for n in names if n not in KNOWN_BASELINES]
+    if unknown:
+        raise InputError(
+            f"evaluate: unknown baseline(s) {unknown} (known: {', '.join(KNOWN_BASELINES)})"
+        )
+    return names
 
 
 def score_blocks(
@@ -91,25 +111,30 @@ def evaluate(
     checkpoint,
     data,
     out,
-    baselines: bool = True,
+    baselines=True,
     tvn: bool = True,
     batch_size: int = 256,
     actors: int | None = None,
     seed: int = 0,
     overwrite: bool = False,
     progress: bool = True,
+    sites_per_well: int | None = None,
 ) -> dict:
-    """Embed every block of the checkpoint's model, score it and the baselines; write OUT."""
+    """Embed every block of the checkpoint's model, score it and the baselines (True: the
+    default ``BASELINES``, False: none, or names); write OUT. ``sites_per_well``: the
+    cellprofiler baseline's seeded site sample (None: all sites)."""
+    names = baseline_names(baselines)
     spec = load_spec(checkpoint)
     check_out(out, checkpoint_inputs(checkpoint), overwrite)
     specs = {"mae": spec}
-    if baselines:
+    if "random-init" in names:
         specs["random-init"] = ModelSpec(spec.cfg, None, seed)
     return evaluate_models(
         specs,
         data,
         out,
-        features=baselines,
+        features=tuple(n for n in names if n != "random-init"),
+        sites_per_well=sites_per_well,
         tvn=tvn,
         batch_size=batch_size,
         actors=actors,
@@ -124,7 +149,7 @@ def evaluate_models(
     specs: dict[str, ModelSpec],
     data,
     out,
-    features: bool = False,
+    features=False,
     tvn: bool = True,
     batch_size: int = 256,
     actors: int | None = None,
@@ -132,9 +157,14 @@ def evaluate_models(
     overwrite: bool = False,
     progress: bool = True,
     info: dict | None = None,
+    sites_per_well: int | None = None,
 ) -> dict:
-    """Embed every block of each named model (and, with ``features``, the hand-crafted and
-    pixel baselines), score them on ``data`` and write OUT; returns the summary."""
+    """Embed every block of each named model (and the feature baselines ``features``
+    names; True: the hand-crafted and pixel baselines), score them on ``data`` and write
+    OUT; returns the summary."""
+    features = FEATURES if features is True else baseline_names(features)
+    if sites_per_well is not None and sites_per_well < 1:
+        raise InputError(f"evaluate: --sites-per-well must be positive, got {sites_per_well}")
     ds = open_dataset(data)
     perturbations, relationships = read_truth(ds.truth)
     compounds = read_compounds(ds.truth)
@@ -146,12 +176,8 @@ def evaluate_models(
     for name, s in specs.items():
         wells, e = embed_wells(ds, s, batch_size=batch_size, actors=actors, progress=progress)
         models[name] = (wells, e, list(range(1, s.depth + 1)))
-    if features:
-        from scaling.evaluate.baselines import handcrafted_wells, pixel_pca_wells
-
-        for name, fn in (("handcrafted", handcrafted_wells), ("pixel-pca", pixel_pca_wells)):
-            wells, x = fn(ds, progress=progress)
-            models[name] = (wells, x[None], [0])
+    extra = feature_baselines(ds, features, seed, sites_per_well, progress)
+    models.update({k: v[:3] for k, v in extra.items()})
 
     frames, summary = [], {**(info or {}), "data": str(data), "tvn": tvn}
     with atomic_folder(out) as tmp:
@@ -177,8 +203,27 @@ def evaluate_models(
                 "best_block": int(best),
                 "blocks": len(blocks),
                 **dict(zip(at_best["metric"], at_best["value"].astype(float), strict=True)),
+                **(extra[name][3] if name in extra else {}),
             }
         metrics = pd.concat(frames)[["model", "block", "metric", "value"]]
         metrics.to_parquet(tmp / "metrics.parquet", index=False)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def feature_baselines(ds, names, seed: int, sites_per_well, progress: bool) -> dict:
+    """The feature baselines among ``names``: {name: (wells, X[None], [0], summary extras)}."""
+    from scaling.evaluate.baselines import handcrafted_wells, pixel_pca_wells
+
+    out = {}
+    for name, fn in (("handcrafted", handcrafted_wells), ("pixel-pca", pixel_pca_wells)):
+        if name in names:
+            wells, x = fn(ds, progress=progress)
+            out[name] = (wells, x[None], [0], {})
+    if "cellprofiler" in names:
+        from scaling.evaluate.cellprofiler import cellprofiler_wells
+
+        wells, x, info = cellprofiler_wells(ds, sites_per_well, seed=seed, progress=progress)
+        keys = ("seconds_per_well", "sites_per_well", "features", "dropped_features")
+        out["cellprofiler"] = (wells, x[None], [0], {k: info[k] for k in keys})
+    return out
