@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from scaling.evaluate.recall import unit_rows
+from scaling.evaluate.recall import pair_cosines, unit_rows
 
 ALPHA = 0.01  # consistency significance level
 N_NULL = 1000  # control sets drawn per set composition
@@ -52,11 +52,6 @@ def replicate_pairs(wells: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.nda
     if not us:
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64)
     return np.concatenate(us), np.concatenate(vs), np.concatenate(gs)
-
-
-def _pair_cosines(U: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Cosines of row pairs (u_k, v_k) of unit rows, float64 (sums taken in U's dtype)."""
-    return np.einsum("ij,ij->i", U[u], U[v]).astype(np.float64)
 
 
 def null_pairs(wells: pd.DataFrame, n: int, rng) -> tuple[np.ndarray, np.ndarray]:
@@ -118,7 +113,7 @@ def _pvalues(wells: pd.DataFrame, U: np.ndarray, seed: int, n_null: int, pairs=N
     rows, codes, names, exp = _wells_index(wells)
     u, v, g = replicate_pairs(wells) if pairs is None else pairs
     n_pairs = np.bincount(g, minlength=len(names))
-    cos = _pair_cosines(U, u, v) if cos is None else cos
+    cos = pair_cosines(U, u, v).astype(np.float64) if cos is None else cos
     with np.errstate(invalid="ignore", divide="ignore"):
         score = np.bincount(g, weights=cos, minlength=len(names)) / n_pairs
     score[n_pairs == 0] = np.nan
@@ -189,7 +184,8 @@ def replicate_consistency(
     pairs = replicate_pairs(wells)
     u, v, _ = pairs
     nu, nv = null_pairs(wells, len(u), np.random.default_rng([seed, 1]))
-    matched, null = _pair_cosines(U, u, v), _pair_cosines(U, nu, nv)
+    matched = pair_cosines(U, u, v).astype(np.float64)
+    null = pair_cosines(U, nu, nv).astype(np.float64)
     if len(matched) and len(null):
         ks = float(stats.ks_2samp(matched, null).statistic)
         cvm = float(stats.cramervonmises_2samp(matched, null).statistic)

@@ -16,7 +16,7 @@ from scaling.errors import InputError
 from scaling.evaluate.compounds import compound_gene_activity, gene_wells
 from scaling.evaluate.consistency import replicate_consistency
 from scaling.evaluate.meanap import map_scores
-from scaling.evaluate.recall import CHANCE, aggregate, recall_details
+from scaling.evaluate.recall import CHANCE, aggregate, recall_details, relationship_pairs
 from scaling.evaluate.tvn import tvn as typical_variation_normalisation
 
 
@@ -63,7 +63,8 @@ def map_benchmarks(
             X, wells["is_control"].to_numpy(dtype=bool), wells["experiment"].to_numpy()
         )
     names, M = aggregate(wells, X)
-    r = recall_details(names, M, relationships, seed=seed)
+    pairs = relationship_pairs(names, relationships)  # shared by recall and mAP
+    r = recall_details(names, M, relationships, pairs=pairs, seed=seed)
     result = {
         "recall": r["recall"],
         "consistency": replicate_consistency(wells, X, seed=seed),
@@ -74,7 +75,7 @@ def map_benchmarks(
         "known_perturbations": int(names.isin(perturbations["perturbation"].astype(str)).sum()),
         "tvn": bool(tvn),
         # mAP (copairs): phenotypic activity on the wells, consistency per source on the map
-        "map": map_scores(wells, X, names, M, relationships, seed=seed),
+        "map": map_scores(wells, X, names, M, relationships, seed=seed, pairs=pairs),
     }
     if compound_gene is not None:
         result["compound_gene"] = compound_gene

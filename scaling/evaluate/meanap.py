@@ -27,14 +27,20 @@ rows equals copairs' (tests/test_meanap.py feeds it copairs' own nulls).
 
 from __future__ import annotations
 
+import functools
+import threading
+
 import numpy as np
 import pandas as pd
+
+from scaling.evaluate.recall import relationship_pairs, tile_map
 
 NULL_SIZE = 10000  # null draws per configuration (p-values resolve down to 1e-4)
 THRESHOLD = 0.05  # corrected p-value below which a perturbation counts as significant
 BINS = 4096  # histogram bins per query row when counting (``count_below``)
 SPAN = 2.0**-10  # narrowest key range the bins cover (rows with one positive)
-TILE = 128  # query rows per Gram tile
+TILE = 128  # query rows per Gram tile (each tile's product reads all of the map once)
+SUB = 16  # query rows per counting pass (its buffers stay in cache)
 CHUNK = 4096  # (query, positive) pairs per gather
 
 
@@ -75,16 +81,27 @@ def _rank_in_row(row: np.ndarray, t: np.ndarray, ref_row: np.ndarray, ref: np.nd
     return np.searchsorted(r, row * 8.0 + (t.astype(np.float64) + 1.0), side="left") - lo
 
 
-def count_below(K: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+def _buffer(work: dict, name: str, shape, dtype) -> np.ndarray:
+    """A reused array of ``work`` (fresh large arrays cost page faults on every tile:
+    more than the arithmetic on them)."""
+    n = int(np.prod(shape))
+    buf = work.get(name)
+    if buf is None or buf.size < n or buf.dtype != dtype:
+        buf = work[name] = np.empty(n, dtype=dtype)
+    return buf[:n].reshape(shape)
+
+
+def count_below(K: np.ndarray, rows: np.ndarray, cols: np.ndarray, work=None) -> np.ndarray:
     """For each threshold ``K[rows, cols]``, the number of entries of its row of K that
     are strictly smaller. K (B, P) float32 keys (``+inf`` for excluded entries); rows,
-    cols (m,) -> (m,) int64.
+    cols (m,) -> (m,) int64. ``work``: a dict of buffers reused between calls.
 
     One histogram pass instead of a sort: each row's keys are binned monotonically over
     the range of its thresholds (``BINS`` bins, underflow and overflow bins at the ends);
     a threshold's count is the number of entries in lower bins plus the entries of its
     own bin that are smaller, found exactly among the few entries of the marked bins.
     """
+    work = {} if work is None else work
     B, P = K.shape
     nb = BINS + 3
     t = K[rows, cols]
@@ -96,19 +113,23 @@ def count_below(K: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray
     lo[r[start]] = np.minimum.reduceat(ts, start) if len(r) else lo[:0]
     hi[r[start]] = np.maximum.reduceat(ts, start) if len(r) else hi[:0]
     scale = (BINS / np.maximum(hi - lo, SPAN)).astype(np.float32)
-    F = np.subtract(K, lo[:, None])
-    F *= scale[:, None]
-    np.clip(F, -1, BINS + 1, out=F)  # +inf (excluded) lands in the overflow bin
-    C = F.astype(np.int64)  # truncation: monotone, so bins keep the keys' order
-    C += 1 + np.arange(0, B * nb, nb)[:, None]
-    C = C.ravel()
+    # bin of key k in row b: b * nb + clip(1 + (k - lo_b) scale_b, 0, BINS + 2), computed
+    # as k scale_b + (b nb + 1 - lo_b scale_b) clipped to the row's range: monotone in k
+    # within a row (all a count needs), in float32 passes, +inf (excluded) to overflow
+    first = np.arange(B, dtype=np.float32) * nb
+    F = np.multiply(K, scale[:, None], out=_buffer(work, "F", K.shape, np.float32))
+    F += (first + 1 - lo * scale)[:, None]
+    np.clip(F, first[:, None], (first + nb - 1)[:, None], out=F)
+    C = _buffer(work, "C", (K.size,), np.int64)
+    C[...] = F.ravel()  # truncation of non-negative values: monotone
     hist = np.bincount(C, minlength=B * nb)
     lower = np.cumsum(hist) - hist  # entries in lower bins, from row 0 on
     lower -= np.repeat(lower[::nb], nb)  # ... from the bin's own row on
     ct = C[rows * P + cols]
     mark = np.zeros(B * nb, dtype=bool)
     mark[ct] = True
-    sel = np.flatnonzero(mark[C])  # the entries sharing a bin with some threshold
+    sel = np.flatnonzero(np.take(mark, C, out=_buffer(work, "M", (K.size,), bool)))
+    # sel: the entries sharing a bin with some threshold
     return lower[ct] + _rank_in_row(ct, t, C[sel], K.ravel()[sel])
 
 
@@ -175,8 +196,19 @@ def activity_ap(wells: pd.DataFrame, X: np.ndarray) -> pd.DataFrame:
     )
 
 
+def _starts(v: np.ndarray) -> np.ndarray:
+    """Positions where a sorted array's runs of equal values start."""
+    return np.flatnonzero(np.r_[True, v[1:] != v[:-1]]) if len(v) else np.zeros(0, np.int64)
+
+
+def _sorted_unique(v: np.ndarray) -> np.ndarray:
+    """``np.unique`` of an integer array by one sort (faster here than its hash)."""
+    v = np.sort(v)
+    return v[_starts(v)]
+
+
 def consistency_ap(
-    names, M: np.ndarray, relationships: pd.DataFrame, exact: bool = False
+    names, M: np.ndarray, relationships: pd.DataFrame, exact: bool = False, pairs=None
 ) -> dict[str, pd.DataFrame]:
     """AP of every query perturbation per source (phenotypic consistency, module doc).
 
@@ -188,40 +220,50 @@ def consistency_ap(
     differently from copairs'); ``exact=True`` computes them in float64 rounded to float32,
     copairs' keys exactly, at twice the cost.
     """
-    from scaling.evaluate.recall import relationship_pairs
-
     P = len(names)
     srcs = {
         s: (np.r_[ij[:, 0], ij[:, 1]], np.r_[ij[:, 1], ij[:, 0]])
-        for s, ij in relationship_pairs(names, relationships).items()
+        for s, ij in (pairs or relationship_pairs(names, relationships)).items()
     }
-    key = np.unique(np.concatenate([np.zeros(0, np.int64), *(i * P + j for i, j in srcs.values())]))
+    key = _sorted_unique(
+        np.concatenate([np.zeros(0, np.int64), *(i * P + j for i, j in srcs.values())])
+    )
     allp = np.stack([key // P, key % P], axis=1)  # every (query, partner), sorted
-    queries = np.unique(allp[:, 0])
+    queries = allp[_starts(allp[:, 0]), 0]
     U = unit(M) if exact else unit(M).astype(np.float32)
     below = np.zeros(len(allp), dtype=np.int64)  # all other perturbations before each pair
     tkey = np.zeros(len(allp), dtype=np.float32)
-    buf = np.empty((min(TILE, len(queries)), P), dtype=np.float32)
-    for a in range(0, len(queries), TILE):
+    local_buf = threading.local()
+
+    def tile(a: int) -> None:
         rows = queries[a : a + TILE]
-        K = buf[: len(rows)]
+        if getattr(local_buf, "K", None) is None:
+            local_buf.K = np.empty((min(TILE, len(queries)), P), dtype=np.float32)
+        K = local_buf.K[: len(rows)]
         if exact:
             K[...] = U[rows] @ U.T
         else:
             np.dot(U[rows], U.T, out=K)
         np.subtract(np.float32(1), K, out=K)
         K[np.arange(len(rows)), rows] = np.inf  # a query is not its own candidate
-        s, e = np.searchsorted(allp[:, 0], [rows[0], rows[-1] + 1])
-        local = np.searchsorted(rows, allp[s:e, 0])
-        below[s:e] = count_below(K, local, allp[s:e, 1])
-        tkey[s:e] = K[local, allp[s:e, 1]]
+        if getattr(local_buf, "work", None) is None:
+            local_buf.work = {}
+        for b in range(0, len(rows), SUB):  # counted in sub-tiles whose buffers stay in cache
+            sub = rows[b : b + SUB]
+            s, e = np.searchsorted(allp[:, 0], [sub[0], sub[-1] + 1])
+            local = np.searchsorted(sub, allp[s:e, 0])
+            below[s:e] = count_below(K[b : b + SUB], local, allp[s:e, 1], local_buf.work)
+            tkey[s:e] = K[b + local, allp[s:e, 1]]
+
+    tile_map(tile, range(0, len(queries), TILE))  # tiles write disjoint slices
     out = {}
     for src, (i, j) in srcs.items():
         at = np.searchsorted(key, np.sort(i * P + j))
         qi = allp[at, 0]
         t = tkey[at]
         pos_before = _rank_in_row(qi, t, qi, t)
-        qs, local = np.unique(qi, return_inverse=True)
+        first = _starts(qi)  # qi is sorted
+        qs, local = qi[first], np.repeat(np.arange(len(first)), np.diff(np.r_[first, len(qi)]))
         n_pos = np.bincount(local)
         out[src] = pd.DataFrame(
             {
@@ -254,10 +296,12 @@ def _sorted_draws(rng, m: int, k: int, n: int) -> np.ndarray:
     return np.minimum(np.floor(S[:, :k] / S[:, k:] * n), n - 1).astype(np.int64)
 
 
+@functools.lru_cache(maxsize=512)
 def null_aps(k: int, n: int, size: int, seed: int) -> np.ndarray:
     """``size`` APs (float32) of k positives at uniformly random distinct ranks among n
     candidates: copairs' ``random_ap`` null, drawn in O(k) per draw; seeded by (seed, k, n)
-    so a configuration's null does not depend on the others."""
+    so a configuration's null does not depend on the others. Cached (read-only): sources,
+    blocks and models of one evaluation share their configurations."""
     rng = np.random.default_rng([seed, k, n])
     if n <= 4 * k:  # dense: the k smallest of n random keys
         r = _sort_rows(np.argpartition(rng.random((size, n)), k - 1, axis=1)[:, :k], n)
@@ -267,7 +311,9 @@ def null_aps(k: int, n: int, size: int, seed: int) -> np.ndarray:
         while len(bad):
             r[bad] = _sorted_draws(rng, len(bad), k, n)
             bad = bad[(np.diff(r[bad], axis=1) == 0).any(axis=1)]
-    return (np.arange(1, k + 1) / (r + 1.0)).mean(axis=1).astype(np.float32)
+    out = (np.arange(1, k + 1) / (r + 1.0)).mean(axis=1).astype(np.float32)
+    out.flags.writeable = False
+    return out
 
 
 def null_dists(confs: np.ndarray, size: int, seed: int) -> np.ndarray:
@@ -331,14 +377,14 @@ def summary(ap: pd.DataFrame, size: int = NULL_SIZE, seed: int = 0) -> dict:
     }
 
 
-def map_scores(wells, X, names, M, relationships, size: int = NULL_SIZE, seed: int = 0):
+def map_scores(wells, X, names, M, relationships, size: int = NULL_SIZE, seed: int = 0, pairs=None):
     """``map_benchmarks``' "map" entry: {"activity": {mean_map, fraction_significant,
     perturbations}, "consistency": {source: {mean_map, fraction_significant, queries}}}.
     wells/X the (TVN-corrected) wells, names/M their aggregated map."""
     a = summary(activity_ap(wells, X), size=size, seed=seed)
     activity = {**{k: a[k] for k in ("mean_map", "fraction_significant")}, "perturbations": a["n"]}
     consistency = {}
-    for src, ap in consistency_ap(names, M, relationships).items():
+    for src, ap in consistency_ap(names, M, relationships, pairs=pairs).items():
         if len(ap) == 0:  # no pair of the source in the map: left out, as in recall
             continue
         c = summary(ap, size=size, seed=seed)

@@ -22,9 +22,14 @@ is exact whatever the sample.
 from __future__ import annotations
 
 import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
+
+from scaling.evaluate.tvn import one_blas_thread
 
 LOW, HIGH = 5.0, 95.0  # the recall tails (percentiles of the null)
 CHANCE = (LOW + 100.0 - HIGH) / 100.0  # a random map's recall
@@ -72,37 +77,66 @@ def _lerp(a: float, b: float, g: float) -> float:
     return b - d * (1 - g) if g >= 0.5 else a + d * g
 
 
-def _tiles(U: np.ndarray, tile: int):
-    """Upper-triangular tiles of ``U @ U.T`` as 1-D float32 arrays, each pair (i < j) once.
+def threads() -> int:
+    """Threads for the tile passes: the CPUs this process may use, at most 4."""
+    return max(1, min(4, len(os.sched_getaffinity(0))))
 
-    The tile buffer is reused: a yielded array is valid until the next one is requested.
-    """
-    P = len(U)
-    buf = np.empty(tile * tile, dtype=np.float32)
-    upper = np.triu(np.ones((tile, tile), dtype=bool), 1)
-    for i in range(0, P, tile):
-        a = U[i : i + tile]
-        for j in range(i, P, tile):
-            b = U[j : j + tile]
-            G = buf[: len(a) * len(b)].reshape(len(a), len(b))
-            np.dot(a, b.T, out=G)
-            yield G[upper[: len(a), : len(b)]] if i == j else G.reshape(-1)
+
+def tile_map(fn, items) -> list:
+    """``[fn(x) for x in items]`` on ``threads()`` threads, BLAS one-threaded in each:
+    numpy releases the GIL in its passes, so tiles of a Gram matrix are computed and
+    counted side by side (and threaded BLAS under threads would only oversubscribe)."""
+    with one_blas_thread(), ThreadPoolExecutor(threads()) as pool:
+        return list(pool.map(fn, items))
+
+
+def _tile_pairs(P: int, tile: int) -> list[tuple[int, int]]:
+    """Upper-triangular tiles (i, j), i <= j, of a P x P Gram matrix."""
+    return [(i, j) for i in range(0, P, tile) for j in range(i, P, tile)]
+
+
+def _tile(U: np.ndarray, i: int, j: int, tile: int, local) -> np.ndarray:
+    """Tile (i, j) of ``U @ U.T`` as a 1-D float32 array, each pair (i < j) once, in the
+    thread's reused buffer (valid until the thread's next tile)."""
+    if getattr(local, "buf", None) is None:
+        local.buf = np.empty(tile * tile, dtype=np.float32)
+        local.upper = np.triu(np.ones((tile, tile), dtype=bool), 1)
+    a, b = U[i : i + tile], U[j : j + tile]
+    G = local.buf[: len(a) * len(b)].reshape(len(a), len(b))
+    np.dot(a, b.T, out=G)
+    return G[local.upper[: len(a), : len(b)]] if i == j else G.reshape(-1)
+
+
+def _all_pairs(U: np.ndarray, tile: int) -> np.ndarray:
+    """Every cosine of distinct pairs of rows of U (float32), concatenated."""
+    local = threading.local()
+    return np.concatenate(
+        tile_map(lambda ij: _tile(U, *ij, tile, local).copy(), _tile_pairs(len(U), tile))
+    )
 
 
 def _scan(U: np.ndarray, brackets: list[tuple[float, float]], tile: int):
     """One pass over the null: per bracket [a, b], the count of values below a and the
     values inside (a narrow band: cheap to extract, unlike a whole 5% tail)."""
-    below = [0] * len(brackets)
-    kept: list[list[np.ndarray]] = [[] for _ in brackets]
-    m1, m2 = np.empty(tile * tile, dtype=bool), np.empty(tile * tile, dtype=bool)
-    for t in _tiles(U, tile):
-        x1, x2 = m1[: len(t)], m2[: len(t)]
-        for k, (a, b) in enumerate(brackets):
-            below[k] += int(np.count_nonzero(np.less(t, a, out=x1)))
+    local = threading.local()
+
+    def scan(ij):
+        t = _tile(U, *ij, tile, local)
+        if getattr(local, "m1", None) is None:
+            local.m1, local.m2 = np.empty(tile * tile, bool), np.empty(tile * tile, bool)
+        x1, x2 = local.m1[: len(t)], local.m2[: len(t)]
+        below, kept = [], []
+        for a, b in brackets:
+            below.append(int(np.count_nonzero(np.less(t, a, out=x1))))
             # a <= b, so t < a implies t <= b: the band a <= t <= b is (t <= b) xor (t < a)
             np.logical_xor(x1, np.less_equal(t, b, out=x2), out=x1)
-            kept[k].append(t[np.flatnonzero(x1)])
-    return below, [np.concatenate(v) if v else np.empty(0, np.float32) for v in kept]
+            kept.append(t[np.flatnonzero(x1)])
+        return below, kept
+
+    parts = tile_map(scan, _tile_pairs(len(U), tile))
+    below = [sum(p[0][k] for p in parts) for k in range(len(brackets))]
+    kept = [np.concatenate([p[1][k] for p in parts]) for k in range(len(brackets))]
+    return below, kept
 
 
 def null_percentiles(
@@ -131,7 +165,7 @@ def null_percentiles(
         raise ValueError("the map has non-finite values")
     q = np.atleast_1d(np.asarray(q, dtype=np.float64))
     if n <= direct:
-        return np.percentile(np.concatenate([t.copy() for t in _tiles(U, tile)]), q)
+        return np.percentile(_all_pairs(U, tile), q)
     h = (n - 1) * (q / 100.0)
     k = np.floor(h).astype(np.int64)
     need = [(int(ki), int(min(ki + 1, n - 1))) for ki in k]  # ranks each percentile reads
@@ -192,17 +226,31 @@ def relationship_pairs(names, relationships: pd.DataFrame) -> dict[str, np.ndarr
     return out
 
 
-def recall_details(names, M: np.ndarray, relationships: pd.DataFrame, **null_kwargs) -> dict:
-    """``relationship_recall`` with its working: thresholds and pair counts per source."""
+def pair_cosines(U: np.ndarray, u: np.ndarray, v: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """Cosines of the row pairs (u_k, v_k) of unit rows U: (m,) in U's dtype, gathered in
+    chunks that stay in cache (one gather of all pairs' rows is 2 x m x D floats)."""
+    out = np.empty(len(u), dtype=U.dtype)
+    for c in range(0, len(u), chunk):
+        out[c : c + chunk] = np.einsum("ij,ij->i", U[u[c : c + chunk]], U[v[c : c + chunk]])
+    return out
+
+
+def recall_details(
+    names, M: np.ndarray, relationships: pd.DataFrame, pairs=None, **null_kwargs
+) -> dict:
+    """``relationship_recall`` with its working: thresholds and pair counts per source.
+    ``pairs``: ``relationship_pairs(names, relationships)`` if the caller has it."""
     U = unit_rows(M)
     lo, hi = null_percentiles(U, (LOW, HIGH), **null_kwargs)
-    recall, pairs = {}, {}
-    for src, ij in relationship_pairs(names, relationships).items():
-        pairs[src] = len(ij)
+    recall, counts = {}, {}
+    if pairs is None:
+        pairs = relationship_pairs(names, relationships)
+    for src, ij in pairs.items():
+        counts[src] = len(ij)
         if len(ij):
-            cos = np.einsum("ij,ij->i", U[ij[:, 0]], U[ij[:, 1]])
+            cos = pair_cosines(U, ij[:, 0], ij[:, 1])
             recall[src] = float(np.mean((cos <= lo) | (cos >= hi)))
-    return {"recall": recall, "pairs": pairs, "null_percentiles": [float(lo), float(hi)]}
+    return {"recall": recall, "pairs": counts, "null_percentiles": [float(lo), float(hi)]}
 
 
 def relationship_recall(
