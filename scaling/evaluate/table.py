@@ -168,38 +168,11 @@ TRUTH_COLUMNS = {
 }
 
 
-def read_truth(truth) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``truth/perturbations.parquet`` and ``truth/relationships.parquet`` (contract columns
-    checked); InputError naming the file on a missing or bad table. The optional third
-    table, ``compounds.parquet``, is read by ``read_compounds``."""
-    truth = Path(truth)
-    if not truth.is_dir():
-        raise InputError(f"{truth}: no such truth folder")
-    tables = []
-    for name, need in TRUTH_COLUMNS.items():
-        path = truth / f"{name}.parquet"
-        if not path.is_file():
-            raise InputError(f"{path}: no such file")
-        try:
-            df = pd.read_parquet(path)
-        except Exception as e:  # pyarrow raises several types for a corrupt or foreign file
-            raise InputError(
-                f"{path}: not a readable Parquet file ({' '.join(str(e).split())})"
-            ) from None
-        missing = [c for c in need if c not in df.columns]
-        if missing:
-            raise InputError(
-                f"{path}: missing column(s) {', '.join(missing)} (need {', '.join(need)})"
-            )
-        tables.append(df)
-    return tables[0], tables[1]
-
-
 COMPOUND_COLUMNS = ["perturbation", "compound", "concentration", "targets"]
 
 
 def _read_table(path: Path, need: list[str]) -> pd.DataFrame:
-    """An optional truth table with its columns checked; InputError naming the file."""
+    """A truth table with its columns checked; InputError naming the file."""
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     try:
@@ -212,6 +185,17 @@ def _read_table(path: Path, need: list[str]) -> pd.DataFrame:
     if missing:
         raise InputError(f"{path}: missing column(s) {', '.join(missing)} (need {', '.join(need)})")
     return df
+
+
+def read_truth(truth) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``truth/perturbations.parquet`` and ``truth/relationships.parquet`` (contract columns
+    checked); InputError naming the file on a missing or bad table. The optional third
+    table, ``compounds.parquet``, is read by ``read_compounds``."""
+    truth = Path(truth)
+    if not truth.is_dir():
+        raise InputError(f"{truth}: no such truth folder")
+    tables = [_read_table(truth / f"{name}.parquet", need) for name, need in TRUTH_COLUMNS.items()]
+    return tables[0], tables[1]
 
 
 def read_compounds(truth) -> pd.DataFrame | None:
