@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scaling.evaluate import meanap
+from scaling.evaluate import meanap, recall
 
 copairs_map = pytest.importorskip("copairs.map")
 from copairs.compute import get_null_dists  # noqa: E402
@@ -138,8 +138,10 @@ def test_count_below_matches_brute_force():
     cols = rng.integers(0, 300, 500)
     keep = np.isfinite(K[rows, cols])
     rows, cols = rows[keep], cols[keep]
-    brute = [(K[r] < K[r, c]).sum() for r, c in zip(rows, cols, strict=True)]
-    np.testing.assert_array_equal(meanap.count_below(K, rows, cols), brute)
+    t = K[rows, cols]  # thresholds that are entries (consistency) ...
+    t[:100] = rng.choice([-0.5, 0.0, 3.5], 100).astype(np.float32)  # ... or not (activity)
+    brute = [(K[r] < x).sum() for r, x in zip(rows, t, strict=True)]
+    np.testing.assert_array_equal(meanap.count_below(K, rows, t), brute)
 
 
 def test_null_matches_copairs_distribution():
@@ -188,3 +190,19 @@ def test_no_replicates_on_other_plates_gives_no_activity():
     assert len(meanap.activity_ap(wells.reset_index(drop=True), X)) == 0
     s = meanap.summary(meanap.activity_ap(wells.reset_index(drop=True), X))
     assert s["n"] == 0 and np.isnan(s["mean_map"])
+
+
+def test_the_consistency_pass_scans_recalls_null(monkeypatch):
+    """Recall's null percentiles from the tiles of mAP's pass equal numpy's on the whole
+    null, and recall then makes no pass of its own."""
+    names, M, rel, _ = planted_map(groups=40, loose=100)  # 260 rows: 3 tiles
+    U = recall.unit_rows(M)
+    full = (U.astype(np.float64) @ U.T.astype(np.float64))[np.triu_indices(len(U), 1)]
+    scan = recall.null_scan(U, direct=0)
+    ours = meanap.consistency_ap(names, M, rel, null=scan)
+    assert len(scan.parts) == -(-len(U) // meanap.TILE)  # every row's tile, once
+    monkeypatch.setattr(recall, "_scan", lambda *a: pytest.fail("a second pass"))
+    got = recall.null_percentiles(U, direct=0, first=scan)
+    np.testing.assert_allclose(got, np.percentile(full, [recall.LOW, recall.HIGH]), atol=1e-6)
+    for src, ap in meanap.consistency_ap(names, M, rel).items():  # mAP itself is unchanged
+        pd.testing.assert_frame_equal(ours[src], ap)

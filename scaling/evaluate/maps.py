@@ -16,7 +16,14 @@ from scaling.errors import InputError
 from scaling.evaluate.compounds import compound_gene_activity, gene_wells
 from scaling.evaluate.consistency import replicate_consistency
 from scaling.evaluate.meanap import map_scores
-from scaling.evaluate.recall import CHANCE, aggregate, recall_details, relationship_pairs
+from scaling.evaluate.recall import (
+    CHANCE,
+    aggregate,
+    null_scan,
+    recall_details,
+    relationship_pairs,
+    unit_rows,
+)
 from scaling.evaluate.tvn import tvn as typical_variation_normalisation
 
 
@@ -64,7 +71,10 @@ def map_benchmarks(
         )
     names, M = aggregate(wells, X)
     pairs = relationship_pairs(names, relationships)  # shared by recall and mAP
-    r = recall_details(names, M, relationships, pairs=pairs, seed=seed)
+    # mAP's pass over the Gram rows also scans recall's null (no pass of recall's own)
+    null = null_scan(unit_rows(M), seed=seed)
+    maps = map_scores(wells, X, names, M, relationships, seed=seed, pairs=pairs, null=null)
+    r = recall_details(names, M, relationships, pairs=pairs, seed=seed, first=null)
     result = {
         "recall": r["recall"],
         "consistency": replicate_consistency(wells, X, seed=seed),
@@ -75,7 +85,7 @@ def map_benchmarks(
         "known_perturbations": int(names.isin(perturbations["perturbation"].astype(str)).sum()),
         "tvn": bool(tvn),
         # mAP (copairs): phenotypic activity on the wells, consistency per source on the map
-        "map": map_scores(wells, X, names, M, relationships, seed=seed, pairs=pairs),
+        "map": maps,
     }
     if compound_gene is not None:
         result["compound_gene"] = compound_gene

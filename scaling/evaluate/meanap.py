@@ -30,17 +30,17 @@ from __future__ import annotations
 import functools
 import threading
 
+import numba
 import numpy as np
 import pandas as pd
 
-from scaling.evaluate.recall import relationship_pairs, tile_map
+from scaling.evaluate.recall import relationship_pairs, tile_map, unit_rows
 
 NULL_SIZE = 10000  # null draws per configuration (p-values resolve down to 1e-4)
 THRESHOLD = 0.05  # corrected p-value below which a perturbation counts as significant
-BINS = 4096  # histogram bins per query row when counting (``count_below``)
-SPAN = 2.0**-10  # narrowest key range the bins cover (rows with one positive)
+CELLS = 4096  # most cells per query row when counting (``count_below``)
+SPAN = 2.0**-10  # narrowest key range the cells cover (rows with one positive)
 TILE = 128  # query rows per Gram tile (each tile's product reads all of the map once)
-SUB = 16  # query rows per counting pass (its buffers stay in cache)
 CHUNK = 4096  # (query, positive) pairs per gather
 
 
@@ -81,56 +81,68 @@ def _rank_in_row(row: np.ndarray, t: np.ndarray, ref_row: np.ndarray, ref: np.nd
     return np.searchsorted(r, row * 8.0 + (t.astype(np.float64) + 1.0), side="left") - lo
 
 
-def _buffer(work: dict, name: str, shape, dtype) -> np.ndarray:
-    """A reused array of ``work`` (fresh large arrays cost page faults on every tile:
-    more than the arithmetic on them)."""
-    n = int(np.prod(shape))
-    buf = work.get(name)
-    if buf is None or buf.size < n or buf.dtype != dtype:
-        buf = work[name] = np.empty(n, dtype=dtype)
-    return buf[:n].reshape(shape)
+@numba.njit(inline="always")
+def _cell(x, lo, scale, top):
+    """The cell of key x in a row binned from ``lo`` (underflow 0, overflow ``top``):
+    monotone in x, the same arithmetic for entries and thresholds."""
+    return int(min(max((x - lo) * scale + np.float32(1), np.float32(0)), top))
 
 
-def count_below(K: np.ndarray, rows: np.ndarray, cols: np.ndarray, work=None) -> np.ndarray:
-    """For each threshold ``K[rows, cols]``, the number of entries of its row of K that
-    are strictly smaller. K (B, P) float32 keys (``+inf`` for excluded entries); rows,
-    cols (m,) -> (m,) int64. ``work``: a dict of buffers reused between calls.
+@numba.njit(nogil=True, cache=True)
+def _count_rows(K, start, T, out):  # pragma: no cover (compiled; count_below's test runs it)
+    """``count_below``'s kernel. K (B, P) float32; T the thresholds sorted within each row,
+    row b's at T[start[b]:start[b + 1]]; out[i] = entries of T[i]'s row below T[i]."""
+    cells = min(CELLS, max(16, K.shape[1] // 4))  # rows of few entries: few cells to clear
+    top = np.float32(cells + 1)
+    hist = np.zeros(cells + 2, np.int64)
+    first = np.empty(cells + 2, np.int64)
+    last = np.empty(cells + 2, np.int64)
+    for b in range(K.shape[0]):
+        t = T[start[b] : start[b + 1]]
+        own = out[start[b] : start[b + 1]]
+        if len(t) == 0:
+            continue
+        lo = t[0]
+        scale = np.float32(cells - 1) / max(t[-1] - lo, np.float32(SPAN))  # t[-1]: not overflow
+        cell = np.array([_cell(x, lo, scale, top) for x in t])
+        first[:] = -1
+        for j in range(len(t) - 1, -1, -1):  # the thresholds of each cell: first..last
+            first[cell[j]] = j
+        for j in range(len(t)):
+            last[cell[j]] = j + 1
+        hist[:] = 0
+        own[:] = 0
+        for x in K[b]:
+            g = _cell(x, lo, scale, top)
+            hist[g] += 1
+            if first[g] >= 0:  # a threshold's own cell: compared exactly
+                for j in range(first[g], last[g]):
+                    own[j] += x < t[j]
+        below = 0
+        for g in range(cells + 2):  # -> entries in lower cells
+            hist[g], below = below, below + hist[g]
+        for j in range(len(t)):
+            own[j] += hist[cell[j]]
 
-    One histogram pass instead of a sort: each row's keys are binned monotonically over
-    the range of its thresholds (``BINS`` bins, underflow and overflow bins at the ends);
-    a threshold's count is the number of entries in lower bins plus the entries of its
-    own bin that are smaller, found exactly among the few entries of the marked bins.
+
+def count_below(K: np.ndarray, rows: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """For each threshold ``t`` of row ``rows`` of K, the number of entries of that row
+    strictly smaller. K (B, P) float32 keys (``+inf`` for excluded entries); rows (m,)
+    int, t (m,) float32 -> (m,) int64.
+
+    One compiled pass over each row instead of a sort: its entries are binned monotonically
+    over the range of its thresholds (``CELLS`` cells, underflow and overflow cells at the
+    ends), and an entry that falls in a threshold's own cell is compared with it exactly.
     """
-    work = {} if work is None else work
-    B, P = K.shape
-    nb = BINS + 3
-    t = K[rows, cols]
-    lo = np.zeros(B, np.float32)
-    hi = np.zeros(B, np.float32)
-    order = np.argsort(rows, kind="stable")
-    r, ts = rows[order], t[order]
-    start = np.flatnonzero(np.r_[True, r[1:] != r[:-1]]) if len(r) else np.zeros(0, int)
-    lo[r[start]] = np.minimum.reduceat(ts, start) if len(r) else lo[:0]
-    hi[r[start]] = np.maximum.reduceat(ts, start) if len(r) else hi[:0]
-    scale = (BINS / np.maximum(hi - lo, SPAN)).astype(np.float32)
-    # bin of key k in row b: b * nb + clip(1 + (k - lo_b) scale_b, 0, BINS + 2), computed
-    # as k scale_b + (b nb + 1 - lo_b scale_b) clipped to the row's range: monotone in k
-    # within a row (all a count needs), in float32 passes, +inf (excluded) to overflow
-    first = np.arange(B, dtype=np.float32) * nb
-    F = np.multiply(K, scale[:, None], out=_buffer(work, "F", K.shape, np.float32))
-    F += (first + 1 - lo * scale)[:, None]
-    np.clip(F, first[:, None], (first + nb - 1)[:, None], out=F)
-    C = _buffer(work, "C", (K.size,), np.int64)
-    C[...] = F.ravel()  # truncation of non-negative values: monotone
-    hist = np.bincount(C, minlength=B * nb)
-    lower = np.cumsum(hist) - hist  # entries in lower bins, from row 0 on
-    lower -= np.repeat(lower[::nb], nb)  # ... from the bin's own row on
-    ct = C[rows * P + cols]
-    mark = np.zeros(B * nb, dtype=bool)
-    mark[ct] = True
-    sel = np.flatnonzero(np.take(mark, C, out=_buffer(work, "M", (K.size,), bool)))
-    # sel: the entries sharing a bin with some threshold
-    return lower[ct] + _rank_in_row(ct, t, C[sel], K.ravel()[sel])
+    K = np.ascontiguousarray(K, dtype=np.float32)
+    t = np.asarray(t, dtype=np.float32)
+    order = np.lexsort((t, rows))
+    start = np.searchsorted(rows[order], np.arange(len(K) + 1))
+    out = np.empty(len(t), dtype=np.int64)
+    _count_rows(K, start, t[order], out)
+    res = np.empty_like(out)
+    res[order] = out
+    return res
 
 
 # ---------------------------------------------------------------- the two benchmarks
@@ -180,7 +192,7 @@ def activity_ap(wells: pd.DataFrame, X: np.ndarray) -> pd.DataFrame:
             continue
         queries, local = np.unique(q[pairs], return_inverse=True)
         K = np.float32(1) - (U[queries] @ U[negs].T).astype(np.float32)
-        above[pairs] = np.count_nonzero(K[local] < t[pairs, None], axis=1)
+        above[pairs] = count_below(K, local, t[pairs])
         n_neg[queries] = len(negs)
     queries, local = np.unique(q, return_inverse=True)
     ap = ap_from_counts(local, above, len(queries))
@@ -208,7 +220,7 @@ def _sorted_unique(v: np.ndarray) -> np.ndarray:
 
 
 def consistency_ap(
-    names, M: np.ndarray, relationships: pd.DataFrame, exact: bool = False, pairs=None
+    names, M: np.ndarray, relationships: pd.DataFrame, exact: bool = False, pairs=None, null=None
 ) -> dict[str, pd.DataFrame]:
     """AP of every query perturbation per source (phenotypic consistency, module doc).
 
@@ -216,9 +228,11 @@ def consistency_ap(
     embeddings, relationships (source, gene_a, gene_b) -> {source: one row per query:
     perturbation, average_precision, n_pos_pairs, n_total_pairs (= P - 1)}. The Gram
     rows of all queries are computed once, in tiles of ``TILE`` rows, for every source,
-    in float32 as recall's (cosines that agree to float32 rounding may then order
-    differently from copairs'); ``exact=True`` computes them in float64 rounded to float32,
-    copairs' keys exactly, at twice the cost.
+    in float32 from recall's unit rows (cosines that agree to float32 rounding may then
+    order differently from copairs'); ``exact=True`` computes them in float64 rounded to
+    float32, copairs' keys exactly, at twice the cost. ``null``: a ``recall.NullScan``
+    that the pass fills with every pair (all rows are then computed), so that recall's
+    null needs no pass of its own.
     """
     P = len(names)
     srcs = {
@@ -229,8 +243,8 @@ def consistency_ap(
         np.concatenate([np.zeros(0, np.int64), *(i * P + j for i, j in srcs.values())])
     )
     allp = np.stack([key // P, key % P], axis=1)  # every (query, partner), sorted
-    queries = allp[_starts(allp[:, 0]), 0]
-    U = unit(M) if exact else unit(M).astype(np.float32)
+    queries = allp[_starts(allp[:, 0]), 0] if null is None else np.arange(P)
+    U = unit(M) if exact else unit_rows(M)
     below = np.zeros(len(allp), dtype=np.int64)  # all other perturbations before each pair
     tkey = np.zeros(len(allp), dtype=np.float32)
     local_buf = threading.local()
@@ -244,16 +258,14 @@ def consistency_ap(
             K[...] = U[rows] @ U.T
         else:
             np.dot(U[rows], U.T, out=K)
+        if null is not None:  # rows are a..a+n here: their pairs (i, j > i), for recall
+            null.tile(K[:, a:])
         np.subtract(np.float32(1), K, out=K)
         K[np.arange(len(rows)), rows] = np.inf  # a query is not its own candidate
-        if getattr(local_buf, "work", None) is None:
-            local_buf.work = {}
-        for b in range(0, len(rows), SUB):  # counted in sub-tiles whose buffers stay in cache
-            sub = rows[b : b + SUB]
-            s, e = np.searchsorted(allp[:, 0], [sub[0], sub[-1] + 1])
-            local = np.searchsorted(sub, allp[s:e, 0])
-            below[s:e] = count_below(K[b : b + SUB], local, allp[s:e, 1], local_buf.work)
-            tkey[s:e] = K[b + local, allp[s:e, 1]]
+        s, e = np.searchsorted(allp[:, 0], [rows[0], rows[-1] + 1])
+        local = np.searchsorted(rows, allp[s:e, 0])
+        tkey[s:e] = K[local, allp[s:e, 1]]
+        below[s:e] = count_below(K, local, tkey[s:e])
 
     tile_map(tile, range(0, len(queries), TILE))  # tiles write disjoint slices
     out = {}
@@ -377,14 +389,15 @@ def summary(ap: pd.DataFrame, size: int = NULL_SIZE, seed: int = 0) -> dict:
     }
 
 
-def map_scores(wells, X, names, M, relationships, size: int = NULL_SIZE, seed: int = 0, pairs=None):
+def map_scores(wells, X, names, M, relationships, size=NULL_SIZE, seed=0, pairs=None, null=None):
     """``map_benchmarks``' "map" entry: {"activity": {mean_map, fraction_significant,
     perturbations}, "consistency": {source: {mean_map, fraction_significant, queries}}}.
-    wells/X the (TVN-corrected) wells, names/M their aggregated map."""
+    wells/X the (TVN-corrected) wells, names/M their aggregated map; ``null``: a recall
+    ``NullScan`` for the consistency pass to fill (``consistency_ap``)."""
     a = summary(activity_ap(wells, X), size=size, seed=seed)
     activity = {**{k: a[k] for k in ("mean_map", "fraction_significant")}, "perturbations": a["n"]}
     consistency = {}
-    for src, ap in consistency_ap(names, M, relationships, pairs=pairs).items():
+    for src, ap in consistency_ap(names, M, relationships, pairs=pairs, null=null).items():
         if len(ap) == 0:  # no pair of the source in the map: left out, as in recall
             continue
         c = summary(ap, size=size, seed=seed)

@@ -33,7 +33,7 @@ from scaling.evaluate.tvn import one_blas_thread
 
 LOW, HIGH = 5.0, 95.0  # the recall tails (percentiles of the null)
 CHANCE = (LOW + 100.0 - HIGH) / 100.0  # a random map's recall
-TILE = 2048  # Gram tile side: 16 MB of float32
+TILE = 256  # Gram rows per tile (18 MB of float32 for 18,000 perturbations)
 SAMPLE = 1 << 16  # pairs sampled to bracket the percentiles
 Z = 5.0  # bracket half-width in binomial standard deviations
 DIRECT = 1 << 22  # nulls up to this many pairs are computed whole and np.percentile'd
@@ -90,53 +90,112 @@ def tile_map(fn, items) -> list:
         return list(pool.map(fn, items))
 
 
-def _tile_pairs(P: int, tile: int) -> list[tuple[int, int]]:
-    """Upper-triangular tiles (i, j), i <= j, of a P x P Gram matrix."""
-    return [(i, j) for i in range(0, P, tile) for j in range(i, P, tile)]
-
-
-def _tile(U: np.ndarray, i: int, j: int, tile: int, local) -> np.ndarray:
-    """Tile (i, j) of ``U @ U.T`` as a 1-D float32 array, each pair (i < j) once, in the
-    thread's reused buffer (valid until the thread's next tile)."""
-    if getattr(local, "buf", None) is None:
-        local.buf = np.empty(tile * tile, dtype=np.float32)
-        local.upper = np.triu(np.ones((tile, tile), dtype=bool), 1)
-    a, b = U[i : i + tile], U[j : j + tile]
-    G = local.buf[: len(a) * len(b)].reshape(len(a), len(b))
-    np.dot(a, b.T, out=G)
-    return G[local.upper[: len(a), : len(b)]] if i == j else G.reshape(-1)
+def _rows(U: np.ndarray, a: int, tile: int, local) -> np.ndarray:
+    """Rows a..a+tile of ``U @ U.T`` from column a on (float32, in the thread's reused
+    buffer, valid until its next tile): row r's pairs with later rows start at column
+    r - a + 1, so the tiles together hold each pair (i < j) once."""
+    n, m = min(tile, len(U) - a), len(U) - a
+    if getattr(local, "buf", None) is None or local.buf.size < n * m:
+        local.buf = np.empty(n * m, dtype=np.float32)
+    G = local.buf[: n * m].reshape(n, m)
+    np.dot(U[a : a + n], U[a:].T, out=G)
+    return G
 
 
 def _all_pairs(U: np.ndarray, tile: int) -> np.ndarray:
     """Every cosine of distinct pairs of rows of U (float32), concatenated."""
     local = threading.local()
-    return np.concatenate(
-        tile_map(lambda ij: _tile(U, *ij, tile, local).copy(), _tile_pairs(len(U), tile))
-    )
+
+    def upper(a: int) -> np.ndarray:
+        G = _rows(U, a, tile, local)
+        return G[np.arange(G.shape[1]) > np.arange(len(G))[:, None]]
+
+    return np.concatenate(tile_map(upper, range(0, len(U), tile)))
 
 
-def _scan(U: np.ndarray, brackets: list[tuple[float, float]], tile: int):
-    """One pass over the null: per bracket [a, b], the count of values below a and the
-    values inside (a narrow band: cheap to extract, unlike a whole 5% tail)."""
-    local = threading.local()
+class NullScan:
+    """One pass over the null for the given brackets [a, b], tile by tile: per bracket,
+    the count of values below a and the values inside (a narrow band: cheap to keep,
+    unlike a whole 5% tail). Tiles may come from any pass over the Gram rows (``_scan``'s
+    own, or mAP's, which needs every row anyway) and from several threads."""
 
-    def scan(ij):
-        t = _tile(U, *ij, tile, local)
-        if getattr(local, "m1", None) is None:
-            local.m1, local.m2 = np.empty(tile * tile, bool), np.empty(tile * tile, bool)
-        x1, x2 = local.m1[: len(t)], local.m2[: len(t)]
-        below, kept = [], []
-        for a, b in brackets:
-            below.append(int(np.count_nonzero(np.less(t, a, out=x1))))
-            # a <= b, so t < a implies t <= b: the band a <= t <= b is (t <= b) xor (t < a)
-            np.logical_xor(x1, np.less_equal(t, b, out=x2), out=x1)
-            kept.append(t[np.flatnonzero(x1)])
+    def __init__(self, brackets: list[tuple[float, float]]):
+        self.brackets = brackets
+        self.parts = []
+
+    def tile(self, G: np.ndarray) -> None:
+        """Count the pairs (i, j > i) of n Gram rows: G (n, m) float32, the cosines of
+        rows a..a+n with rows a..a+m (the columns from the first row's own on)."""
+        n = len(G)
+        parts = (G[:, :n][np.triu(np.ones((n, n), bool), 1)], G[:, n:])  # (m >= n)
+        below = np.zeros(len(self.brackets), np.int64)
+        kept = [[] for _ in self.brackets]
+        for t in parts:  # the strict upper triangle of the first n columns, then the rest
+            x1, x2 = np.empty(t.shape, bool), np.empty(t.shape, bool)
+            for m, (a_, b_) in enumerate(self.brackets):
+                below[m] += np.count_nonzero(np.less(t, a_, out=x1))
+                # a <= b, so t < a implies t <= b: the band a <= t <= b is (t <= b) xor (t < a)
+                np.logical_xor(x1, np.less_equal(t, b_, out=x2), out=x1)
+                kept[m].append(t[x1])
+        self.parts.append((below, [np.concatenate(k) for k in kept]))
+
+    def result(self) -> tuple[list[int], list[np.ndarray]]:
+        nb = range(len(self.brackets))
+        below = [int(sum(p[0][m] for p in self.parts)) for m in nb]
+        kept = [np.concatenate([p[1][m] for p in self.parts]) for m in nb]
         return below, kept
 
-    parts = tile_map(scan, _tile_pairs(len(U), tile))
-    below = [sum(p[0][k] for p in parts) for k in range(len(brackets))]
-    kept = [np.concatenate([p[1][k] for p in parts]) for k in range(len(brackets))]
-    return below, kept
+
+def _scan(U: np.ndarray, brackets, tile: int):
+    """``NullScan`` of every pair, over the staircase of Gram rows (``_rows``)."""
+    scan, local = NullScan(brackets), threading.local()
+
+    tile_map(lambda a: scan.tile(_rows(U, a, tile, local)), range(0, len(U), tile))
+
+    return scan.result()
+
+
+def _check(U: np.ndarray) -> np.ndarray:
+    U = np.ascontiguousarray(U, dtype=np.float32)
+    if len(U) < 2:
+        raise ValueError(f"the recall null needs at least 2 perturbations, got {len(U)}")
+    if not np.isfinite(U).all():
+        raise ValueError("the map has non-finite values")
+    return U
+
+
+def _sample(U: np.ndarray, sample: int, seed: int) -> np.ndarray:
+    """Sorted cosines of ``sample`` seeded random pairs of distinct rows."""
+    rng = np.random.default_rng([seed, 7])
+    i = rng.integers(0, len(U), sample)
+    j = rng.integers(0, len(U) - 1, sample)
+    j += j >= i  # uniform over ordered pairs of distinct rows
+    return np.sort(np.einsum("ij,ij->i", U[i], U[j]))
+
+
+def _brackets(s: np.ndarray, q, z: float) -> list[tuple[float, float]]:
+    """Per percentile of q, a bracket [a, b] of the sample s that holds it unless the
+    sample is z binomial standard deviations off."""
+    brackets = []
+    for p in np.asarray(q) / 100.0:
+        half = z * math.sqrt(max(p * (1 - p), 1.0 / len(s)) / len(s))
+        lo, hi = math.floor((p - half) * len(s)), math.ceil((p + half) * len(s))
+        a = float(s[lo]) if lo >= 0 else -np.inf
+        b = float(s[hi]) if hi < len(s) else np.inf
+        brackets.append((a, b))
+    return brackets
+
+
+def null_scan(
+    U: np.ndarray, q=(LOW, HIGH), *, sample=SAMPLE, z=Z, direct=DIRECT, seed=0
+) -> NullScan | None:
+    """The first ``NullScan`` that ``null_percentiles`` (same arguments) would make, for a
+    caller whose own pass over every Gram row can carry it (mAP's) and then hand it to
+    ``null_percentiles(first=...)``; None where the null is small enough to be sorted."""
+    U = _check(U)
+    if len(U) * (len(U) - 1) // 2 <= direct:
+        return None
+    return NullScan(_brackets(_sample(U, sample, seed), q, z))
 
 
 def null_percentiles(
@@ -148,44 +207,34 @@ def null_percentiles(
     z: float = Z,
     direct: int = DIRECT,
     seed: int = 0,
+    first: NullScan | None = None,
 ) -> np.ndarray:
     """Percentiles ``q`` of the cosines of all unordered pairs of distinct rows of ``U``.
 
     U (P, D) float32 unit rows. numpy's percentile (module doc) of the float32 null: up
     to ``direct`` pairs by ``np.percentile`` itself; beyond, the same two order statistics
     found by bracketing and selection and interpolated the same way (in float64), without
-    materialising the null.
+    materialising the null. ``first``: the first round's scan, made by ``null_scan`` and
+    filled by the caller's own pass over every pair.
     """
-    U = np.ascontiguousarray(U, dtype=np.float32)
-    P = len(U)
-    n = P * (P - 1) // 2
-    if n == 0:
-        raise ValueError(f"the recall null needs at least 2 perturbations, got {P}")
-    if not np.isfinite(U).all():
-        raise ValueError("the map has non-finite values")
+    U = _check(U)
+    n = len(U) * (len(U) - 1) // 2
     q = np.atleast_1d(np.asarray(q, dtype=np.float64))
     if n <= direct:
         return np.percentile(_all_pairs(U, tile), q)
     h = (n - 1) * (q / 100.0)
     k = np.floor(h).astype(np.int64)
     need = [(int(ki), int(min(ki + 1, n - 1))) for ki in k]  # ranks each percentile reads
-    rng = np.random.default_rng([seed, 7])
-    i = rng.integers(0, P, sample)
-    j = rng.integers(0, P - 1, sample)
-    j += j >= i  # uniform over ordered pairs of distinct rows
-    s = np.sort(np.einsum("ij,ij->i", U[i], U[j]))
+    s = _sample(U, sample, seed)
     found: dict[int, float] = {}
     todo = list(range(len(q)))
     while todo:
-        brackets = []
-        for m in todo:
-            p = q[m] / 100.0
-            half = z * math.sqrt(max(p * (1 - p), 1.0 / sample) / sample)
-            lo, hi = math.floor((p - half) * sample), math.ceil((p + half) * sample)
-            a = float(s[lo]) if lo >= 0 else -np.inf
-            b = float(s[hi]) if hi < sample else np.inf
-            brackets.append((a, b))
-        below, values = _scan(U, brackets, tile)
+        brackets = _brackets(s, q[todo], z)
+        if first is not None and first.brackets == brackets:
+            below, values = first.result()
+        else:
+            below, values = _scan(U, brackets, tile)
+        first = None
         missed = []
         for m, base, v in zip(todo, below, values, strict=True):
             ranks = need[m]
@@ -239,7 +288,8 @@ def recall_details(
     names, M: np.ndarray, relationships: pd.DataFrame, pairs=None, **null_kwargs
 ) -> dict:
     """``relationship_recall`` with its working: thresholds and pair counts per source.
-    ``pairs``: ``relationship_pairs(names, relationships)`` if the caller has it."""
+    ``pairs``: ``relationship_pairs(names, relationships)`` if the caller has it;
+    ``null_kwargs`` go to ``null_percentiles``."""
     U = unit_rows(M)
     lo, hi = null_percentiles(U, (LOW, HIGH), **null_kwargs)
     recall, counts = {}, {}
