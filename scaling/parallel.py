@@ -10,6 +10,8 @@ import ray
 
 from scaling.progress import bar
 
+POLL_S = 0.25  # Ray Train's worker poll on a local instance (seconds)
+
 
 def init_ray(num_cpus: int | None = None, logs: bool = True) -> None:
     """Join the cluster named by RAY_ADDRESS (``ray job submit`` sets it), else start a local
@@ -23,6 +25,10 @@ def init_ray(num_cpus: int | None = None, logs: bool = True) -> None:
     if address:
         ray.init(address=address, **quiet)
     else:
+        # a local instance runs short jobs back to back (a ladder, the demo): Ray Train's
+        # controller polls its workers every 2 s by default, which cost about 5 s per run
+        # here (start and end each wait on polls); its processes inherit this setting
+        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(POLL_S))
         ray.init(num_cpus=num_cpus, include_dashboard=False, **quiet)
 
 

@@ -14,8 +14,9 @@ os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
 @pytest.fixture(scope="session")
 def ray_session():
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from scaling.parallel import init_ray
+
+    init_ray(num_cpus=2, logs=False)  # as the tools start one (local, no dashboard)
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield
     ray.shutdown()
