@@ -152,6 +152,12 @@ def _trainable(base: dict, data: str, trials_dir: str):
 
         from scaling.train.pretrain import build_trainer
 
+        # Ray's 2 s worker poll for the trial's Train controller, not a local instance's
+        # 0.25 s (scaling.parallel.POLL_S): when ASHA stops a trial, its worker group is
+        # removed (_release_callback) before Tune's kill of the trial reaches the
+        # controller it owns, and a fast-polling controller restarts the group in that
+        # gap, on a placement group nothing removes (measured: the next trial never starts)
+        os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "2.0"
         cfg = apply(base, _values(config), "sweep.space")
         trial_id = ray.tune.get_context().get_trial_id()
         # the trial's own files (TensorBoard, metrics.jsonl, attempts) beside its checkpoints,
