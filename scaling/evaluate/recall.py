@@ -102,15 +102,21 @@ def _rows(U: np.ndarray, a: int, tile: int, local) -> np.ndarray:
     return G
 
 
+def _pairs(G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs (i, j > i) of a tile of ``_rows``, G (n, m >= n): the strict upper
+    triangle of its first n columns (1-D) and its other columns (a view)."""
+    n = len(G)
+    return G[:, :n][np.triu(np.ones((n, n), bool), 1)], G[:, n:]
+
+
 def _all_pairs(U: np.ndarray, tile: int) -> np.ndarray:
     """Every cosine of distinct pairs of rows of U (float32), concatenated."""
     local = threading.local()
 
-    def upper(a: int) -> np.ndarray:
-        G = _rows(U, a, tile, local)
-        return G[np.arange(G.shape[1]) > np.arange(len(G))[:, None]]
+    def pairs(a: int) -> np.ndarray:
+        return np.concatenate([t.ravel() for t in _pairs(_rows(U, a, tile, local))])
 
-    return np.concatenate(tile_map(upper, range(0, len(U), tile)))
+    return np.concatenate(tile_map(pairs, range(0, len(U), tile)))
 
 
 class NullScan:
@@ -126,11 +132,9 @@ class NullScan:
     def tile(self, G: np.ndarray) -> None:
         """Count the pairs (i, j > i) of n Gram rows: G (n, m) float32, the cosines of
         rows a..a+n with rows a..a+m (the columns from the first row's own on)."""
-        n = len(G)
-        parts = (G[:, :n][np.triu(np.ones((n, n), bool), 1)], G[:, n:])  # (m >= n)
         below = np.zeros(len(self.brackets), np.int64)
         kept = [[] for _ in self.brackets]
-        for t in parts:  # the strict upper triangle of the first n columns, then the rest
+        for t in _pairs(G):
             x1, x2 = np.empty(t.shape, bool), np.empty(t.shape, bool)
             for m, (a_, b_) in enumerate(self.brackets):
                 below[m] += np.count_nonzero(np.less(t, a_, out=x1))
@@ -151,7 +155,6 @@ def _scan(U: np.ndarray, brackets, tile: int):
     scan, local = NullScan(brackets), threading.local()
 
     tile_map(lambda a: scan.tile(_rows(U, a, tile, local)), range(0, len(U), tile))
-
     return scan.result()
 
 
