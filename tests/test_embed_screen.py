@@ -130,14 +130,31 @@ def test_block_best_reads_the_evaluation_and_bad_blocks_are_refused(
         embed_screen(result["checkpoint"], tiny_world, tiny_world / "e.parquet", block=1)
 
 
+def test_fixed_and_marginal_recovers_a_planted_line():
+    from scaling.bench.embed import fixed_and_marginal
+
+    fixed, marginal = fixed_and_marginal((2.5 + 0.01 * 96, 96), (2.5 + 0.01 * 1472, 1472))
+    assert fixed == pytest.approx(2.5) and marginal == pytest.approx(0.01)
+    with pytest.raises(ValueError, match="must be larger"):
+        fixed_and_marginal((1.0, 96), (2.0, 96))
+
+
 def test_bench_embed_lines(tiny_world):
     from scaling.bench.embed import bench_embed
 
-    lines = list(bench_embed(str(tiny_world), size="cpu-xs"))  # depth 2: blocks 1 and 2
+    lines = list(bench_embed(str(tiny_world), size="cpu-xs", repeats=1))  # depth 2
     assert [x["case"] for x in lines] == [
-        "wells-block-1-of-2", "wells-block-2-of-2", "truncation-block-1-of-2"
+        "wells-block-1-of-2", "startup-block-1-of-2", "job-block-1-of-2",
+        "wells-block-2-of-2", "startup-block-2-of-2", "job-block-2-of-2",
+        "truncation-block-1-of-2",
     ]  # fmt: skip
     for x in lines:
-        assert x["ours"] > 0 and x["anchor_value"] > 0
+        assert np.isfinite(x["ours"]) and x["anchor_value"] != 0
         assert x["ratio"] == pytest.approx(x["ours"] / x["anchor_value"])
-    assert lines[0]["wells"] == 192 and lines[0]["unit"] == "s/well"
+    wells, startup, job = lines[:3]
+    assert wells["wells"] == 192 and 0 < wells["small_wells"] < 192
+    assert wells["unit"] == job["unit"] == "s/well" and startup["unit"] == "s"
+    # the line through the two jobs passes through the whole job: fixed + marginal * wells
+    # (medians of one repeat are the values themselves)
+    assert startup["ours"] + wells["ours"] * 192 == pytest.approx(job["ours"] * 192)
+    assert job["ours"] > 0 and job["anchor_value"] > 0

@@ -1,12 +1,20 @@
 """``scaling bench embed``: ``scaling embed`` (Ray Data read tasks and embedding actors,
 streamed well means, Parquet parts) against its anchor, a plain PyTorch loop in this
 process over the same tiles: read the same row groups, cut the same tiles, run the same
-model to the same block in batches of the same size, average to wells (seconds per well,
-both measured in the same run, model built and data read inside the clock of both).
+model to the same block in batches of the same size, average to wells (model built and data
+read inside the clock of both).
 
-A warm-up job on the first plate's wells runs first, untimed: the first Ray Data job of a
+Throughput is separated from start-up as in ``scaling bench train``: each side embeds the
+first shard's wells (a small job) and the whole screen, and the line through the two
+(seconds against wells) gives the marginal seconds a well (case ``wells-...``, the steady
+state a screen of any size runs at) and the fixed seconds a job (``startup-...``: for ours
+the embedding actor's process importing torch and Ray Data starting its actor pool; for the
+anchor the model build). ``job-...`` is the whole job on this screen, a well. Medians over
+``REPEATS`` pairs, ours and the anchor alternating.
+
+A warm-up job on the first shard's wells runs first, untimed: the first Ray Data job of a
 process also starts Ray Data's own actors (stats, coordinator), a one-time cost of the
-command (``warmup_s`` on every line), not of the screen's size.
+process (``warmup_s`` on every line), not of a job.
 
 Also the saving of truncation: ``scaling embed`` at block ``depth // 2`` (where b* of an
 intermediate block lands) against the full encoder, ratio = seconds at b / seconds at depth.
@@ -19,6 +27,7 @@ temporary folder unless ``--data`` names a dataset.
 from __future__ import annotations
 
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +42,7 @@ from scaling.evaluate.screen import embed_screen
 from scaling.evaluate.tiles import read_tiles, screen, tile_tasks
 
 SIZE, CROP, BATCH = "cpu-m", 64, 256
+REPEATS = 2  # pairs of (small, full) jobs a side and block
 ANCHOR = "plain PyTorch loop over the same tiles, same block and batch"
 
 
@@ -69,7 +79,7 @@ def plain_embed(checkpoint: Path, data: str, block: int) -> tuple[float, int]:
     return time.perf_counter() - t0, len(row)
 
 
-def warmup_curation(data: str, tmp: Path) -> str:
+def first_shard_curation(data: str, tmp: Path) -> str:
     """A curation manifest (the layout ``scaling curate`` writes) of the first shard's wells."""
     import pyarrow.parquet as pq
 
@@ -78,11 +88,11 @@ def warmup_curation(data: str, tmp: Path) -> str:
 
     first = open_dataset(data).files[0]
     wells = pq.read_table(first, columns=KEY_COLUMNS).to_pandas().drop_duplicates()
-    out = tmp / "warmup"
+    out = tmp / "first-shard"
     out.mkdir()
     wells.to_parquet(out / "wells.parquet", index=False)
     (out / "curation.json").write_text(
-        json.dumps({"strategy": "warm-up", "source": str(Path(data).resolve())})
+        json.dumps({"strategy": "first-shard", "source": str(Path(data).resolve())})
     )
     return str(out)
 
@@ -94,7 +104,53 @@ def timed_embed(checkpoint: Path, data: str, out: Path, block: int) -> tuple[flo
     return time.perf_counter() - t0, s["wells"]
 
 
-def bench_embed(path: str | None = None, size: str = SIZE):
+def fixed_and_marginal(small: tuple[float, int], full: tuple[float, int]) -> tuple[float, float]:
+    """(fixed seconds a job, marginal seconds a well) from two jobs' (seconds, wells): the
+    line through both points, ``seconds = fixed + marginal * wells``."""
+    (t0, n0), (t1, n1) = small, full
+    if n1 <= n0:
+        raise ValueError(f"the full screen ({n1} wells) must be larger than the small job ({n0})")
+    marginal = (t1 - t0) / (n1 - n0)
+    return t1 - marginal * n1, marginal
+
+
+def time_block(ckpt: Path, data: str, first: str, tmp: Path, block: int, repeats: int) -> dict:
+    """Seconds and wells of ours and the anchor at ``block``, on the first shard's wells
+    (``first``) and on the whole screen, ``repeats`` times, ours and the anchor alternating."""
+    runs = {k: [] for k in ("ours_small", "ours_full", "anchor_small", "anchor_full")}
+    for r in range(repeats):
+        jobs = [
+            ("ours_small", lambda: timed_embed(ckpt, first, tmp / f"s{block}.parquet", block)),
+            ("ours_full", lambda: timed_embed(ckpt, data, tmp / f"f{block}.parquet", block)),
+            ("anchor_small", lambda: plain_embed(ckpt, first, block)),
+            ("anchor_full", lambda: plain_embed(ckpt, data, block)),
+        ]
+        for name, job in jobs if r % 2 == 0 else jobs[::-1]:
+            runs[name].append(job())
+    return runs
+
+
+def block_lines(runs: dict, block: int, depth: int, about: dict):
+    """The bench lines of one block from ``time_block``'s runs: marginal seconds a well
+    (steady-state throughput), the fixed seconds a job, and the whole job a well."""
+    fit = {}
+    for side in ("ours", "anchor"):
+        pairs = zip(runs[f"{side}_small"], runs[f"{side}_full"], strict=True)
+        fm = [fixed_and_marginal(a, b) for a, b in pairs]
+        fit[side] = tuple(statistics.median(x) for x in zip(*fm, strict=True))
+    wells = runs["ours_full"][0][1]
+    job = {k: statistics.median(t for t, _ in runs[f"{k}_full"]) for k in ("ours", "anchor")}
+    about = dict(about, block=block, depth=depth, wells=wells)
+    case = f"block-{block}-of-{depth}"
+    yield line("embed", f"wells-{case}", fit["ours"][1], ANCHOR, fit["anchor"][1], "s/well",
+               small_wells=runs["ours_small"][0][1], **about)  # fmt: skip
+    yield line("embed", f"startup-{case}", fit["ours"][0], ANCHOR, fit["anchor"][0], "s", **about)
+    yield line("embed", f"job-{case}", job["ours"] / wells, ANCHOR, job["anchor"] / wells,
+               "s/well", **about)  # fmt: skip
+
+
+def bench_embed(path: str | None = None, size: str = SIZE, repeats: int = REPEATS):
+    """The bench lines (module docstring)."""
     from scaling.parallel import init_ray
 
     with tempfile.TemporaryDirectory(prefix="bench-embed-") as tmp:
@@ -108,32 +164,17 @@ def bench_embed(path: str | None = None, size: str = SIZE):
         ckpt = random_checkpoint(tmp / "ckpt", size)
         depth = ModelSpec(Config(model=ModelConfig(name=size))).depth
         block = max(1, depth // 2)
-        warm, _ = timed_embed(ckpt, warmup_curation(path, tmp), tmp / "warm.parquet", 1)
-        times = {}
+        first = first_shard_curation(path, tmp)
+        warm, _ = timed_embed(ckpt, first, tmp / "warm.parquet", 1)
+        about = dict(warmup_s=round(warm, 2), model=size, crop=CROP,
+                     threads=torch.get_num_threads(), repeats=repeats)  # fmt: skip
+        full = {}
         for b in (block, depth):
-            ours, wells = timed_embed(ckpt, path, tmp / f"b{b}.parquet", b)
-            anchor, _ = plain_embed(ckpt, path, b)
-            times[b] = ours
-            about = dict(
-                warmup_s=round(warm, 2),
-                model=size,
-                crop=CROP,
-                wells=wells,
-                block=b,
-                depth=depth,
-                threads=torch.get_num_threads(),
-            )
-            yield line(
-                "embed",
-                f"wells-block-{b}-of-{depth}",
-                ours / wells,
-                ANCHOR,
-                anchor / wells,
-                "s/well",
-                **about,
-            )
+            runs = time_block(ckpt, path, first, tmp, b, repeats)
+            full[b] = statistics.median(t for t, _ in runs["ours_full"])
+            yield from block_lines(runs, b, depth, about)
         yield line(
-            "embed", f"truncation-block-{block}-of-{depth}", times[block],
-            f"scaling embed with the full encoder ({depth} blocks)", times[depth], "s",
-            model=size, wells=wells,
+            "embed", f"truncation-block-{block}-of-{depth}", full[block],
+            f"scaling embed with the full encoder ({depth} blocks)", full[depth], "s",
+            model=size, wells=runs["ours_full"][0][1],
         )  # fmt: skip
