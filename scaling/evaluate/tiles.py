@@ -13,13 +13,12 @@ from functools import partial
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 from ray.data.block import BlockAccessor, BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from scaling.config import DataConfig
 from scaling.errors import InputError
-from scaling.shards.dataset import Dataset, open_dataset, well_keys
+from scaling.shards.dataset import Dataset, open_dataset, read_groups, well_keys
 from scaling.shards.format import KEY_COLUMNS
 from scaling.stream.crops import GEOMETRY, decode_sites, grid_tiles
 from scaling.stream.plan import site_index
@@ -113,10 +112,9 @@ def _tile_block(task: dict, crop: int) -> list:
 
 def read_tiles(task: dict, crop: int) -> dict:
     """A read task (``tile_tasks``) -> its sites' grid tiles with their well keys."""
-    pf = pq.ParquetFile(task["file"])
     keys, tiles = [], []
     for g, rows in zip(task["groups"], task["rows"], strict=True):
-        t = pf.read_row_group(int(g), columns=READ_COLUMNS, use_threads=False).take(pa.array(rows))
+        t = read_groups(task["file"], [g], READ_COLUMNS).take(pa.array(rows))
         grid = [grid_tiles(s, crop) for s in decode_sites(t)]
         keys.append(np.repeat(well_keys(t).to_numpy(zero_copy_only=False), [len(x) for x in grid]))
         tiles += grid

@@ -14,6 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from scaling.errors import InputError
@@ -45,6 +47,24 @@ def well_keys(table: pa.Table) -> pa.Array:
     """One string per row: experiment/plate/well."""
     cols = [pc.cast(table.column(c), pa.string()) for c in KEY_COLUMNS]
     return pc.binary_join_element_wise(*cols, "/")
+
+
+# Arrow's dataset scanner reads a shard's row groups about 30% faster than
+# ``ParquetFile.read_row_groups`` (measured on the pixel column: 0.25 against 0.36 s for the
+# ``small`` world), and as fast as ``pq.read_table`` of the whole file. No pre-buffering: it
+# coalesces nearby ranges, which would read more bytes than the row groups asked for.
+_PARQUET = pads.ParquetFileFormat(
+    default_fragment_scan_options=pads.ParquetFragmentScanOptions(pre_buffer=False)
+)
+
+
+def read_groups(path, groups, columns: list[str]) -> pa.Table:
+    """``columns`` of the row groups ``groups`` (ascending) of the local shard ``path``, in
+    file order, on this thread."""
+    fragment = _PARQUET.make_fragment(
+        str(path), filesystem=pafs.LocalFileSystem(), row_groups=[int(g) for g in groups]
+    )
+    return fragment.to_table(columns=columns, use_threads=False)
 
 
 def read_selected(path, keys=None) -> pa.Table:

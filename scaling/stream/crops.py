@@ -10,7 +10,6 @@ import hashlib
 
 import numpy as np
 import pyarrow as pa
-from numpy.lib.stride_tricks import sliding_window_view
 
 from scaling.shards.dataset import well_keys
 
@@ -87,12 +86,14 @@ def crop_table(
     n = len(rows) * crops_per_site
     out = np.empty((n, channels, crop, crop), dtype=dtype)
     slot = rng.permutation(n)
+    k = crops_per_site
     for i, site in enumerate(decode_sites(table, rows)):
         _, h, w = site.shape
-        ys = rng.integers(0, h - crop + 1, crops_per_site)
-        xs = rng.integers(0, w - crop + 1, crops_per_site)
-        windows = sliding_window_view(site, (crop, crop), axis=(1, 2))  # (C, H', W', crop, crop)
-        out[slot[i * crops_per_site : (i + 1) * crops_per_site]] = windows[:, ys, xs].swapaxes(0, 1)
+        ys = rng.integers(0, h - crop + 1, k).tolist()
+        xs = rng.integers(0, w - crop + 1, k).tolist()
+        # one copy a crop, slice to slot (a gather of windows, then a scatter, took 2x)
+        for j, y, x in zip(slot[i * k : (i + 1) * k].tolist(), ys, xs, strict=True):
+            out[j] = site[:, y : y + crop, x : x + crop]
     site_of = np.empty(n, np.int64)
     site_of[slot] = np.repeat(ids[rows], crops_per_site)
     return out, site_of

@@ -38,7 +38,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 import torch
 from ray.data.block import BlockMetadata
@@ -48,7 +47,7 @@ from ray.data.extensions import ArrowTensorTypeV2
 
 from scaling.config import DataConfig
 from scaling.errors import InputError
-from scaling.shards.dataset import Dataset, open_dataset
+from scaling.shards.dataset import Dataset, open_dataset, read_groups
 from scaling.shards.format import KEY_COLUMNS
 from scaling.stream.crops import GEOMETRY, crop_table, decode_sites, grid_tiles, site_ids
 from scaling.stream.plan import StreamPlan, read_sites, site_index, stream_plan
@@ -133,10 +132,7 @@ def _number(t: int) -> list[pa.Table]:
 def read_task(plan: StreamPlan, t: int, stage_dir: str | None = None) -> pa.Table:
     """The sites of task ``t``'s parts (only their row groups are read)."""
     return pa.concat_tables(
-        pq.ParquetFile(staged(p.path, stage_dir)).read_row_groups(
-            list(p.groups), columns=READ_COLUMNS, use_threads=False
-        )
-        for p in plan.task(t)
+        read_groups(staged(p.path, stage_dir), p.groups, READ_COLUMNS) for p in plan.task(t)
     )
 
 
@@ -154,6 +150,8 @@ def read_crops(batch: dict, plan: StreamPlan, start: int, position, stage_dir, k
     if not out:
         shape = (0, kw["channels"], kw["crop"], kw["crop"])
         return crop_block(np.empty(shape, kw["dtype"]), np.empty(0, np.int64))
+    if len(out) == 1:  # one task a block (batch_size=None): no concatenation copy
+        return crop_block(*out[0])
     return crop_block(*(np.concatenate(x) for x in zip(*out, strict=True)))
 
 
@@ -231,9 +229,11 @@ def planned_stream(
     n = plan.tasks - start
     kw = crop_kwargs(cfg, channels, dtype, ds.selected_keys())
     numbers = ray.data.read_datasource(TaskNumbers(n), num_cpus=cfg.map_cpus, override_num_blocks=n)
+    # batch_size=None: a block (one task number) a call, which lets Ray Data fuse this map
+    # into the read (one Ray task a stream task); batch_size=1 kept them two operators
     stream = numbers.map_batches(
         read_crops,
-        batch_size=1,
+        batch_size=None,
         num_cpus=cfg.map_cpus,
         fn_kwargs=dict(plan=plan, start=start, position=position, stage_dir=cfg.stage_dir, kw=kw),
     )

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from scaling.config import DataConfig
 from scaling.errors import InputError
-from scaling.shards.dataset import Dataset
+from scaling.shards.dataset import Dataset, read_groups
 from scaling.shards.format import META_COLUMNS
 from scaling.stream.crops import held_out, site_ids, training_rows
 
@@ -63,10 +63,9 @@ def site_index(ds: Dataset, cfg: DataConfig) -> pd.DataFrame:
 def read_sites(ds: Dataset, rows: pd.DataFrame, columns: list[str]) -> pa.Table:
     """``columns`` of the index ``rows`` (file, group, row order), reading only their row
     groups."""
-    tables, files = [], {}
+    tables = []
     for (f, g), r in rows.sort_values(["file", "group", "row"]).groupby(["file", "group"]):
-        pf = files.setdefault(f, pq.ParquetFile(ds.files[f]))
-        t = pf.read_row_group(int(g), columns=columns, use_threads=False)
+        t = read_groups(ds.files[f], [g], columns)
         tables.append(t.take(pa.array(r["row"].to_numpy())))
     return pa.concat_tables(tables)
 
