@@ -42,7 +42,7 @@ from scaling.evaluate.screen import embed_screen
 from scaling.evaluate.tiles import read_tiles, screen, tile_tasks
 
 SIZE, CROP, BATCH = "cpu-m", 64, 256
-REPEATS = 2  # pairs of (small, full) jobs a side and block
+REPEATS = 3  # pairs of (small, full) jobs a side and block
 ANCHOR = "plain PyTorch loop over the same tiles, same block and batch"
 
 
@@ -119,10 +119,10 @@ def time_block(ckpt: Path, data: str, first: str, tmp: Path, block: int, repeats
     (``first``) and on the whole screen, ``repeats`` times, ours and the anchor alternating."""
     runs = {k: [] for k in ("ours_small", "ours_full", "anchor_small", "anchor_full")}
     for r in range(repeats):
-        jobs = [
+        jobs = [  # like jobs side by side: the machine's drift hits both sides alike
             ("ours_small", lambda: timed_embed(ckpt, first, tmp / f"s{block}.parquet", block)),
-            ("ours_full", lambda: timed_embed(ckpt, data, tmp / f"f{block}.parquet", block)),
             ("anchor_small", lambda: plain_embed(ckpt, first, block)),
+            ("ours_full", lambda: timed_embed(ckpt, data, tmp / f"f{block}.parquet", block)),
             ("anchor_full", lambda: plain_embed(ckpt, data, block)),
         ]
         for name, job in jobs if r % 2 == 0 else jobs[::-1]:
