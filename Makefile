@@ -26,7 +26,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q --durations=15  # the slowest tests: the suite must stay under 20 min
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
