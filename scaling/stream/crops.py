@@ -83,19 +83,19 @@ def crop_table(
     """
     ids = site_ids(table)
     rows = np.flatnonzero(training_rows(table, ids, seed, val_fraction, selected))
-    n = len(rows) * crops_per_site
+    k = crops_per_site
+    n = len(rows) * k
     out = np.empty((n, channels, crop, crop), dtype=dtype)
     slot = rng.permutation(n)
-    k = crops_per_site
-    for i, site in enumerate(decode_sites(table, rows)):
+    for site, slots in zip(decode_sites(table, rows), slot.reshape(-1, k).tolist(), strict=True):
         _, h, w = site.shape
         ys = rng.integers(0, h - crop + 1, k).tolist()
         xs = rng.integers(0, w - crop + 1, k).tolist()
         # one copy a crop, slice to slot (a gather of windows, then a scatter, took 2x)
-        for j, y, x in zip(slot[i * k : (i + 1) * k].tolist(), ys, xs, strict=True):
+        for j, y, x in zip(slots, ys, xs, strict=True):
             out[j] = site[:, y : y + crop, x : x + crop]
     site_of = np.empty(n, np.int64)
-    site_of[slot] = np.repeat(ids[rows], crops_per_site)
+    site_of[slot] = np.repeat(ids[rows], k)
     return out, site_of
 
 
