@@ -87,6 +87,12 @@ class ModelConfig:
     # CA-MAE: one patch projection shared by the channels, a token per patch and channel
     # (C x the tokens, C x the compute); its encoder embeds data of any channels
     channel_agnostic: bool = False
+    # the sin-cos positions' base: the MAE reference's 10000, or smaller for a small grid of
+    # patches (scaling.model.mae.sincos_2d)
+    pos_base: float = 10000.0
+    # start the decoder's query and key projections at the identity (mimetic initialisation:
+    # mask tokens attend to their neighbours from the first step; scaling.model.mae)
+    decoder_qk_identity: bool = False
 
     def validate(self) -> None:
         from scaling.model.sizes import SIZES
@@ -100,6 +106,8 @@ class ModelConfig:
             raise InputError(f"model.mask_ratio: must be in (0, 1), got {self.mask_ratio}")
         if not 0.0 <= self.fourier_weight < 1.0:
             raise InputError(f"model.fourier_weight: must be in [0, 1), got {self.fourier_weight}")
+        if not self.pos_base > 1.0:
+            raise InputError(f"model.pos_base: must be above 1, got {self.pos_base}")
 
 
 @dataclass

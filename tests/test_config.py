@@ -37,6 +37,7 @@ def test_int_accepted_for_float_and_null_for_optional():
         ("", ["world.preset=huge"], "world.preset"),
         ("", ["world.preset=genome"], "no images"),
         ("", ["train.eval_every=-1"], "train.eval_every"),
+        ("", ["model.pos_base=1"], "model.pos_base"),
         ("data: [1, 2]\n", [], "data"),
         ("data:\n  crop: [\n", [], "not valid YAML"),
         ("", ["nokeyvalue"], "key=value"),

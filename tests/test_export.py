@@ -149,3 +149,31 @@ def test_export_of_a_channel_agnostic_model(tmp_path):
     for channels in (5, 3):  # the channels it was trained on, and others
         x = crops(channels)
         assert torch.equal(loaded.embed_blocks(x), model.embed_blocks(x))
+
+
+def test_export_keeps_the_position_base(tmp_path):
+    """A model trained with ``model.pos_base`` (the demo's 20) loads with the same positions:
+    the same embeddings, which the reference base would change."""
+    from safetensors.torch import save_file
+
+    from scaling.config import dump_config, load_config
+    from scaling.model import load_pretrained
+    from scaling.model.mae import MAE
+
+    cfg = load_config(
+        Path(__file__).parent.parent / "jobs/configs/smoke.yaml", ["model.pos_base=20"]
+    )
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    torch.manual_seed(0)
+    model = MAE.from_config(cfg).eval()
+    save_file(dict(model.state_dict()), str(ckpt / "model.safetensors"))
+    (ckpt / "config.yaml").write_text(dump_config(cfg))
+    assert export(ckpt, tmp_path / "m")["pos_base"] == 20
+    x = crops()
+    assert torch.equal(load_pretrained(tmp_path / "m").embed_blocks(x), model.embed_blocks(x))
+    reference = MAE.from_config(
+        load_config(Path(__file__).parent.parent / "jobs/configs/smoke.yaml")
+    )
+    reference.load_state_dict(model.state_dict())
+    assert not torch.allclose(reference.eval().embed_blocks(x), model.embed_blocks(x))

@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from scaling.model.flops import counted_train_flops, train_flops
-from scaling.model.mae import MAE, attention, fourier_l1, normalize_patches, self_standardize
+from scaling.model.mae import (
+    MAE,
+    attention,
+    fourier_l1,
+    normalize_patches,
+    self_standardize,
+    sincos_2d,
+)
 from scaling.model.sizes import SIZES
 
 CPU_SIZES = [n for n in SIZES if n.startswith("cpu")]
@@ -129,6 +136,60 @@ def test_bf16_cpu_attention_matches_sdpa():
     got = attention(*(t.bfloat16() for t in (q, k, v)))
     assert got.dtype == torch.bfloat16
     assert (got.float() - want).abs().max() < 0.03
+
+
+@pytest.mark.parametrize("base", [10000.0, 20.0])
+def test_sincos_positions_follow_their_closed_form(base):
+    dim, grid = 16, 4
+    emb = sincos_2d(dim, grid, base=base)[0].double()
+    assert emb.shape == (1 + grid * grid, dim) and not emb[0].any()  # CLS first, zero
+    omega = base ** (-np.arange(dim // 4) / (dim / 4))
+    for y in range(grid):
+        for x in range(grid):
+            want = np.concatenate(
+                [np.sin(y * omega), np.cos(y * omega), np.sin(x * omega), np.cos(x * omega)]
+            )
+            np.testing.assert_allclose(emb[1 + y * grid + x].numpy(), want, atol=1e-6)
+
+
+def test_a_small_base_spreads_the_positions_of_a_small_grid():
+    """The reason for ``model.pos_base``: on the CPU ladder's 8 x 8 grid, base 20 codes
+    the patches further apart than the reference 10000, and the model uses it."""
+
+    def spread(base):  # median distance between two positions' codes
+        e = sincos_2d(64, 8, cls=False, base=base)[0]
+        return torch.cdist(e, e).median().item()
+
+    assert spread(20.0) > 1.5 * spread(10000.0)
+    m = MAE(SIZES["cpu-xs"], img_size=64, pos_base=20.0)
+    assert torch.equal(m.pos_embed, sincos_2d(32, 8, base=20.0))
+    assert torch.equal(m.decoder_pos_embed, sincos_2d(64, 8, base=20.0))
+
+
+def neighbour_attention(model: MAE) -> float:
+    """At the decoder's first block, mask tokens at every position of the 8 x 8 grid: the
+    mean attention to a neighbouring patch over the mean attention to one 4+ patches away."""
+    blk = model.decoder_blocks[0]
+    a = blk.attn
+    x = blk.norm1(model.mask_token + model.decoder_pos_embed)[0, 1:]  # (64, dd)
+    q, k, _ = a.qkv(x).view(64, 3, a.heads, -1).unbind(1)
+    att = torch.softmax(torch.einsum("thd,shd->hts", q, k) / q.shape[-1] ** 0.5, -1).mean(0)
+    yx = torch.cartesian_prod(torch.arange(8), torch.arange(8))
+    dist = (yx[:, None] - yx[None]).abs().sum(-1)
+    return (att[dist == 1].mean() / att[dist >= 4].mean()).item()
+
+
+def test_identity_decoder_queries_attend_to_their_neighbours_from_the_start():
+    torch.manual_seed(0)
+    m = MAE(SIZES["cpu-xs"], img_size=64, pos_base=20.0, decoder_qk_identity=True)
+    dd = SIZES["cpu-xs"].dec_width
+    for blk in m.decoder_blocks:  # queries and keys at the identity, values as before
+        w = blk.attn.qkv.weight
+        assert torch.equal(w[:dd], torch.eye(dd)) and torch.equal(w[dd : 2 * dd], torch.eye(dd))
+        assert w[2 * dd :].std() > 0.05
+    assert neighbour_attention(m) > 3.0
+    torch.manual_seed(0)
+    assert neighbour_attention(MAE(SIZES["cpu-xs"], img_size=64, pos_base=20.0)) < 1.5
 
 
 def test_fourier_weight_zero_is_the_plain_masked_mse(model):

@@ -119,6 +119,7 @@ def model_config(cfg, state: dict, ckpt: Path) -> dict:
         "patches": (cfg.data.crop // size.patch) ** 2,
         "qk_norm": m.qk_norm,
         "layer_scale": m.layer_scale,
+        "pos_base": m.pos_base,
         "channels": channels,
         "channel_names": names,
     }
@@ -374,6 +375,7 @@ def build_model(config: dict, path: Path) -> MAE:
     except TypeError as e:
         raise InputError(f"{path}: size: {e}") from None
     options = {"qk_norm": config["qk_norm"], "layer_scale": config["layer_scale"]}
+    options["pos_base"] = config.get("pos_base", 10000.0)  # files from before it was an option
     options |= config.get("training", {})
     if "channel_agnostic" in config:
         if "channel_agnostic" not in inspect.signature(MAE).parameters:

@@ -117,12 +117,15 @@ class _HalfSpectrumL1(torch.autograd.Function):
         return torch.fft.irfft2(phasor, s=ctx.size, norm="ortho"), None
 
 
-def sincos_2d(dim: int, grid: int, cls: bool = True) -> torch.Tensor:
+def sincos_2d(dim: int, grid: int, cls: bool = True, base: float = 10000.0) -> torch.Tensor:
     """Fixed 2-D sin-cos position embedding: (1, [1 +] grid * grid, dim), half the dims per
-    axis; the CLS position (first, when ``cls``) is zero."""
+    axis, frequencies ``base ** (-i / (dim / 4))``; the CLS position (first, when ``cls``) is
+    zero. The MAE reference's ``base`` is 10000; on a small grid most of those frequencies
+    barely change across it (8 positions: 11 of 16 per axis at width 64 turn by under 0.6
+    rad), so a smaller base gives every position a distinct code."""
     if dim % 4:
         raise ValueError(f"embedding width {dim} must be divisible by 4")
-    omega = 1.0 / 10000 ** (np.arange(dim // 4, dtype=np.float64) / (dim / 4.0))
+    omega = 1.0 / base ** (np.arange(dim // 4, dtype=np.float64) / (dim / 4.0))
     ys, xs = np.meshgrid(np.arange(grid), np.arange(grid), indexing="ij")
     parts = []
     for pos in (ys.reshape(-1), xs.reshape(-1)):
@@ -218,9 +221,14 @@ class MAE(nn.Module):
         fourier_weight: float = 0.01,
         grad_checkpoint: bool = False,
         channel_agnostic: bool = False,
+        pos_base: float = 10000.0,
+        decoder_qk_identity: bool = False,
     ):
         """``channels``: the input channels; with ``channel_agnostic`` only those of the
-        training data, as no weight depends on them (module docstring)."""
+        training data, as no weight depends on them (module docstring). ``pos_base``: the
+        sin-cos positions' base (:func:`sincos_2d`), encoder and decoder alike.
+        ``decoder_qk_identity``: start the decoder's query and key projections at the
+        identity (:meth:`_init_weights`)."""
         super().__init__()
         self.grad_checkpoint = grad_checkpoint  # recompute block activations in backward
         if img_size % size.patch:
@@ -238,20 +246,22 @@ class MAE(nn.Module):
         self.num_patches = self.grid**2
         self.patch_embed = nn.Conv2d(token_channels, d, kernel_size=p, stride=p)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
-        self.register_buffer("pos_embed", sincos_2d(d, self.grid), persistent=False)
+        self.register_buffer("pos_embed", sincos_2d(d, self.grid, base=pos_base), persistent=False)
         self.blocks = nn.ModuleList(
             Block(d, size.heads, size.mlp, qk_norm, layer_scale) for _ in range(size.depth)
         )
         self.norm = nn.LayerNorm(d)
         self.decoder_embed = nn.Linear(d, dd)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dd))
-        self.register_buffer("decoder_pos_embed", sincos_2d(dd, self.grid), persistent=False)
+        self.register_buffer(
+            "decoder_pos_embed", sincos_2d(dd, self.grid, base=pos_base), persistent=False
+        )
         self.decoder_blocks = nn.ModuleList(
             Block(dd, size.dec_heads, size.dec_mlp, qk_norm) for _ in range(size.dec_depth)
         )
         self.decoder_norm = nn.LayerNorm(dd)
         self.decoder_pred = nn.Linear(dd, p * p * token_channels)
-        self._init_weights()
+        self._init_weights(decoder_qk_identity)
 
     @classmethod
     def from_config(cls, cfg: Config) -> MAE:
@@ -269,9 +279,16 @@ class MAE(nn.Module):
             fourier_weight=m.fourier_weight,
             grad_checkpoint=m.grad_checkpoint,
             channel_agnostic=m.channel_agnostic,
+            pos_base=m.pos_base,
+            decoder_qk_identity=m.decoder_qk_identity,
         )
 
-    def _init_weights(self) -> None:
+    def _init_weights(self, decoder_qk_identity: bool = False) -> None:
+        """The MAE reference's: Xavier-uniform linears and patch projection, zero biases.
+        With ``decoder_qk_identity`` the decoder's query and key projections start at the
+        identity (after mimetic initialisation, Trockman & Kolter 2023): a mask token, whose
+        only content is its position, then attends from the first step to the tokens whose
+        positions are like its own, its neighbours, where its pixels are predicted from."""
         w = self.patch_embed.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.normal_(self.cls_token, std=0.02)
@@ -283,6 +300,11 @@ class MAE(nn.Module):
             elif isinstance(m, nn.LayerNorm) and m.elementwise_affine:
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        if decoder_qk_identity:
+            with torch.no_grad():
+                for blk in self.decoder_blocks:
+                    qk = blk.attn.qkv.weight[: 2 * blk.attn.proj.in_features]  # (2 dd, dd)
+                    qk.copy_(torch.eye(qk.shape[1]).repeat(2, 1))
 
     # --- patches -------------------------------------------------------------------------
     def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
