@@ -160,9 +160,8 @@ def test_export_keeps_the_position_base(tmp_path):
     from scaling.model import load_pretrained
     from scaling.model.mae import MAE
 
-    cfg = load_config(
-        Path(__file__).parent.parent / "jobs/configs/smoke.yaml", ["model.pos_base=20"]
-    )
+    smoke = Path(__file__).parent.parent / "jobs/configs/smoke.yaml"
+    cfg = load_config(smoke, ["model.pos_base=20"])
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     torch.manual_seed(0)
@@ -172,8 +171,6 @@ def test_export_keeps_the_position_base(tmp_path):
     assert export(ckpt, tmp_path / "m")["pos_base"] == 20
     x = crops()
     assert torch.equal(load_pretrained(tmp_path / "m").embed_blocks(x), model.embed_blocks(x))
-    reference = MAE.from_config(
-        load_config(Path(__file__).parent.parent / "jobs/configs/smoke.yaml")
-    )
+    reference = MAE.from_config(load_config(smoke))
     reference.load_state_dict(model.state_dict())
     assert not torch.allclose(reference.eval().embed_blocks(x), model.embed_blocks(x))

@@ -303,8 +303,8 @@ class MAE(nn.Module):
         if decoder_qk_identity:
             with torch.no_grad():
                 for blk in self.decoder_blocks:
-                    qk = blk.attn.qkv.weight[: 2 * blk.attn.proj.in_features]  # (2 dd, dd)
-                    qk.copy_(torch.eye(qk.shape[1]).repeat(2, 1))
+                    w = blk.attn.qkv.weight  # (3 dd, dd): queries, keys, values
+                    w[: 2 * w.shape[1]].copy_(torch.eye(w.shape[1]).repeat(2, 1))
 
     # --- patches -------------------------------------------------------------------------
     def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
