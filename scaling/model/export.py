@@ -375,7 +375,8 @@ def build_model(config: dict, path: Path) -> MAE:
     except TypeError as e:
         raise InputError(f"{path}: size: {e}") from None
     options = {"qk_norm": config["qk_norm"], "layer_scale": config["layer_scale"]}
-    options["pos_base"] = config.get("pos_base", 10000.0)  # files from before it was an option
+    if "pos_base" in config:  # files from before it was an option take the MAE's default
+        options["pos_base"] = config["pos_base"]
     options |= config.get("training", {})
     if "channel_agnostic" in config:
         if "channel_agnostic" not in inspect.signature(MAE).parameters:
