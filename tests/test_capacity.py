@@ -12,7 +12,7 @@ from scaling import capacity
 from scaling.capacity import Capacity, NodeType, from_launcher, placement_strategy
 from scaling.config import load_config
 from scaling.errors import InputError
-from scaling.evaluate.embed import actor_shape, default_actors
+from scaling.evaluate.embed import actor_plan, actor_shape, default_actors
 from scaling.ladder import grid
 from scaling.sweep import tune
 
@@ -33,6 +33,21 @@ def test_cluster_yaml_shape_sets_ladder_concurrency():
     assert placement_strategy(cfg, cap) == "STRICT_PACK"
     wide = load_config(CONFIGS / "ladder-gpu.yaml", ["train.workers=16"])
     assert placement_strategy(wide, cap) == "PACK"
+
+
+def test_ladder_evaluation_takes_a_runs_share_of_the_cores():
+    demo = load_config(CONFIGS / "ladder-demo.yaml")  # two runs at once
+    vm = Capacity((NodeType("vm", 1, 2.0, 0.0),), "a 2-core VM")
+    assert grid.eval_share(demo, vm) == 1.0  # beside a 1-thread run, 1 thread, not 2
+    assert actor_plan(vm) == (1, 2, 1.0, 0)  # scaling evaluate alone: both cores
+    assert actor_plan(vm, cpus_per_actor=grid.eval_share(demo, vm)) == (1, 1, 1.0, 0)
+    nodes = Capacity((NodeType("c", 2, 16.0, 0.0),), "two 16-CPU nodes")
+    assert grid.eval_share(demo, nodes) == 16.0  # two runs over 32 CPUs, a node's worth
+    eight = load_config(CONFIGS / "ladder-demo.yaml", ["ladder.max_concurrent=8"])
+    assert grid.eval_share(eight, nodes) == 4.0
+    gpu = from_launcher(ROOT / "cluster.yaml")
+    assert grid.eval_share(load_config(CONFIGS / "ladder-gpu.yaml"), gpu) is None  # GPU actors
+    assert actor_plan(gpu)[1:] == (1, 1.0, 1)
 
 
 def test_sweep_fits_the_shape_not_the_idle_cluster():

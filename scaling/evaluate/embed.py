@@ -147,14 +147,7 @@ def embed_stream(
     if not tasks:
         return
     init_ray()
-    cap = detect()
-    gpus = 1 if cap.gpus >= 1 else 0  # the shape's: GPU nodes may not be up yet
-    if actors is None:
-        actors, threads = actor_shape(cap)
-    else:  # that many actors share the CPUs (or take a GPU each)
-        threads = 1 if gpus else max(1, math.floor(cap.cpus / actors))
-    threads = math.ceil(cpus_per_actor) if cpus_per_actor else threads
-    cpus_per_actor = cpus_per_actor or actor_cpus(threads)
+    actors, threads, cpus_per_actor, gpus = actor_plan(detect(), actors, cpus_per_actor)
     # a block of tiles per read task: tasks run apart and stream into the actors
     tiles = ray.data.read_datasource(
         TileReads(tasks, scr.crop),
@@ -226,6 +219,22 @@ def actor_shape(cap: Capacity | None = None) -> tuple[int, int]:
         return int(cap.gpus), 1
     per = int(min((n.cpus for n in cap.nodes if n.cpus > 0), default=1))
     return max(1, int(cap.cpus // max(per, 1))), max(per, 1)
+
+
+def actor_plan(
+    cap: Capacity, actors: int | None = None, cpus_per_actor: float | None = None
+) -> tuple[int, int, float, int]:
+    """(actors, torch threads an actor, CPUs an actor claims, GPUs an actor claims) of an
+    embedding job on a cluster of shape ``cap``: ``actor_shape``'s unless ``actors`` (that
+    many share the CPUs, or take a GPU each) or ``cpus_per_actor`` (that many CPUs and as
+    many threads an actor) are given."""
+    gpus = 1 if cap.gpus >= 1 else 0  # the shape's: GPU nodes may not be up yet
+    if actors is None:
+        actors, threads = actor_shape(cap)
+    else:
+        threads = 1 if gpus else max(1, math.floor(cap.cpus / actors))
+    threads = math.ceil(cpus_per_actor) if cpus_per_actor else threads
+    return actors, threads, cpus_per_actor or actor_cpus(threads), gpus
 
 
 def actor_cpus(threads: int) -> float:

@@ -158,10 +158,11 @@ def evaluate_models(
     progress: bool = True,
     info: dict | None = None,
     sites_per_well: int | None = None,
+    cpus_per_actor: float | None = None,
 ) -> dict:
     """Embed every block of each named model (and the feature baselines ``features``
     names; True: the hand-crafted and pixel baselines), score them on ``data`` and write
-    OUT; returns the summary."""
+    OUT; returns the summary. ``actors``, ``cpus_per_actor``: as ``embed_wells``'."""
     features = FEATURES if features is True else baseline_names(features)
     if sites_per_well is not None and sites_per_well < 1:
         raise InputError(f"evaluate: --sites-per-well must be positive, got {sites_per_well}")
@@ -174,7 +175,9 @@ def evaluate_models(
 
     models = {}
     for name, s in specs.items():
-        wells, e = embed_wells(ds, s, batch_size=batch_size, actors=actors, progress=progress)
+        wells, e = embed_wells(
+            ds, s, batch_size, actors=actors, cpus_per_actor=cpus_per_actor, progress=progress
+        )
         models[name] = (wells, e, list(range(1, s.depth + 1)))
     extra = feature_baselines(ds, features, seed, sites_per_well, progress)
     models.update({k: v[:3] for k, v in extra.items()})

@@ -22,6 +22,7 @@ every run, so they are complete up to the last run that finished.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 import traceback
@@ -118,9 +119,16 @@ def train_trunk(plan: RunPlan) -> dict:
     return result
 
 
-def run_group(trunk: RunPlan, members: list[RunPlan], world: str, eval_batch_size: int):
+def run_group(
+    trunk: RunPlan,
+    members: list[RunPlan],
+    world: str,
+    eval_batch_size: int,
+    eval_cpus: float | None = None,
+):
     """Train a trunk run, then evaluate every block of each member not yet done (the trunk
-    itself, and with shared budgets its WSD branches) and write each member's row."""
+    itself, and with shared budgets its WSD branches) and write each member's row.
+    ``eval_cpus``: the embedding actor's CPUs and threads (``eval_share``)."""
     from scaling.evaluate.embed import load_spec
     from scaling.evaluate.evaluate import evaluate_models
 
@@ -147,6 +155,7 @@ def run_group(trunk: RunPlan, members: list[RunPlan], world: str, eval_batch_siz
             world,
             run_dir / "eval",
             batch_size=eval_batch_size,
+            cpus_per_actor=eval_cpus,
             overwrite=True,
             progress=False,
             info={"run_id": m.run_id, "checkpoint": str(ckpt)},
@@ -218,6 +227,7 @@ def baselines(cfg: Config, world: str, ladder_dir: Path, log) -> None:
         out,
         features=True,
         batch_size=cfg.ladder.eval_batch_size,
+        cpus_per_actor=eval_share(cfg),
         overwrite=True,
         progress=False,
         info={"key": key},
@@ -231,6 +241,18 @@ def concurrency(cfg: Config, cap: Capacity | None = None) -> int:
     if cfg.ladder.max_concurrent:
         return cfg.ladder.max_concurrent
     return (cap or detect()).runs_at_once(*run_resources(cfg))
+
+
+def eval_share(cfg: Config, cap: Capacity | None = None) -> float | None:
+    """The CPUs (and torch threads) of a run's embedding actor on a cluster without GPUs:
+    the run's share of the cores, so that runs evaluating beside runs training never ask
+    the cores for more threads than they have (on 2 cores, beside a 1-thread training run,
+    a 2-thread actor embedded 2.4x slower than a 1-thread one, measured). None where there
+    are GPUs: a GPU actor, placed as ``scaling evaluate`` places it."""
+    cap = cap or detect()
+    if cap.gpus:
+        return None
+    return float(max(1, math.floor(min(cap.cpus / concurrency(cfg, cap), cap.cpus_per_node))))
 
 
 def tables(cfg: Config, plans: list[RunPlan], ladder_dir: Path) -> tuple[int, int]:
@@ -348,7 +370,7 @@ def run_plans(cfg, plans, todo, states, world, ladder_dir, max_runs, progress, l
 
     ld = cfg.ladder
     tables(cfg, plans, ladder_dir)
-    n = concurrency(cfg)
+    n, share = concurrency(cfg), eval_share(cfg)
     # in local mode (train.workers 0) the task trains with ceil(cpus_per_worker) threads
     # but asks Ray for a sliver only, so that its evaluation's actors can be placed
     # a fresh process per run (max_calls=1): torch.distributed and DeepSpeed keep state
@@ -364,7 +386,7 @@ def run_plans(cfg, plans, todo, states, world, ladder_dir, max_runs, progress, l
                 t, ms = queue.pop(0)
                 attempts[t.run_id] += 1
                 states.update({m.run_id: "running" for m in ms})
-                running[task.remote(t, ms, world, ld.eval_batch_size)] = (t, ms)
+                running[task.remote(t, ms, world, ld.eval_batch_size, share)] = (t, ms)
             ready, _ = ray.wait(list(running), num_returns=1)
             t, ms = running.pop(ready[0])
             try:
