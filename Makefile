@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[dev]"
-	DS_ACCELERATOR=cpu $(PY) -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()"
+	TORCH_EXTENSIONS_DIR=$(abspath $(VENV))/torch_extensions DS_ACCELERATOR=cpu \
+		$(PY) -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()"
 	$(VENV)/bin/scaling sources fetch
 	touch $(STAMP)
 
