@@ -15,13 +15,19 @@ batch 32, mask 0.5, normalised-pixel loss):
   tiles plus a safetensors save.
 - CPU MFU per dtype: our steady-state training FLOP/s (ARCHITECTURE section 4) over the
   dense GEMM peak of the same threads and dtype, measured in the same run.
-Ours and the anchor alternate; every figure is the median of ``repeats``.
+Ours and the anchor alternate; every figure is the median of ``repeats``. The anchor runs in
+a fresh Python process of its own (``anchor_process``), as a user's plain loop would: with
+the C allocator's defaults, not the settings ours runs under (``scaling.parallel``
+``reuse_freed_memory``), which would otherwise carry over to it in this process.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +35,7 @@ from pathlib import Path
 import torch
 
 from scaling.bench import gemm_peak, line
-from scaling.config import Config, load_config
+from scaling.config import Config, dump_config, load_config
 from scaling.model.flops import train_flops
 from scaling.model.mae import MAE
 from scaling.model.precision import autocast
@@ -77,6 +83,30 @@ def ours(cfg: Config) -> dict:
     return {"per_crop": per_crop, "startup": r["startup_s"], "teardown": returned - last}
 
 
+def anchor_process(cfg: Config, steps: int, threads: int) -> dict:
+    """``anchor`` in a fresh Python process with the allocator's defaults (module doc)."""
+    path = Path(cfg.run.dir).with_name(Path(cfg.run.dir).name + "-anchor.yaml")
+    path.write_text(dump_config(cfg))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    code = f"from scaling.bench.train import anchor_main; anchor_main({str(path)!r}, {steps}, {threads})"
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
+    )
+    if done.returncode:
+        raise RuntimeError(f"bench train anchor failed: {done.stderr.strip()[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def anchor_main(config: str, steps: int, threads: int) -> None:
+    """The anchor process: the validation tiles (untimed), then ``anchor``; prints its JSON."""
+    from scaling.stream.pipeline import validation_tiles
+
+    torch.set_num_threads(threads)
+    cfg = load_config(config)
+    tiles = torch.from_numpy(validation_tiles(cfg.data.path, cfg.data))
+    print(json.dumps(anchor(cfg, tiles, steps)))
+
+
 def anchor(cfg: Config, tiles: torch.Tensor, steps: int) -> dict:
     """The plain loop: the same module, optimizer, schedule, clipping and dtype."""
     from safetensors.torch import save_file
@@ -118,7 +148,6 @@ def anchor(cfg: Config, tiles: torch.Tensor, steps: int) -> dict:
 
 def bench_train(data: str | None = None, repeats: int = 3, steps: int = 60, threads: int = 1):
     from scaling.parallel import init_ray
-    from scaling.stream.pipeline import validation_tiles
     from scaling.world.synth import synthesize
 
     torch.set_num_threads(threads)
@@ -134,10 +163,8 @@ def bench_train(data: str | None = None, repeats: int = 3, steps: int = 60, thre
                 cfg = bench_config(
                     data, size, precision, steps, threads, work / f"{size}-{precision}-{r}"
                 )
-                tiles = torch.from_numpy(validation_tiles(data, cfg.data))
                 key = (size, precision)
-                results.setdefault(key, []).append((ours(cfg), anchor(cfg, tiles, steps)))
-                torch.set_num_threads(threads)  # the run set its own; the anchor gets the same
+                results.setdefault(key, []).append((ours(cfg), anchor_process(cfg, steps, threads)))
     peaks = {p: gemm_peak(p) for p in DTYPES}
     yield from _lines(results, peaks, threads)
 

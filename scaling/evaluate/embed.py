@@ -35,6 +35,7 @@ from scaling.evaluate.tiles import Screen, TileReads, WellMeans, screen, tile_ta
 from scaling.model.mae import MAE
 from scaling.model.precision import autocast
 from scaling.model.sizes import SIZES
+from scaling.parallel import reuse_freed_memory
 from scaling.progress import bar
 from scaling.shards.dataset import Dataset
 from scaling.shards.format import CHANNELS
@@ -105,6 +106,7 @@ class Embedder:
     embeddings at blocks 1..``depth`` (only block ``depth`` with ``last_only``)."""
 
     def __init__(self, spec: ModelSpec, depth: int, last_only: bool = False, threads: int = 0):
+        reuse_freed_memory()  # an actor on a cluster that did not start it with our settings
         if threads:
             torch.set_num_threads(threads)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from scaling.config import Config, _build
+from scaling.parallel import reuse_freed_memory
 from scaling.train import checkpoint as ckpt
 
 
@@ -27,6 +28,7 @@ def train_loop(config: dict) -> None:
     if not t.use_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", extensions_dir())
+    reuse_freed_memory()  # a worker on a cluster that did not start it with our settings
     import ray.train
 
     from scaling.train.batches import batch_source
