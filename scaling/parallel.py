@@ -48,7 +48,6 @@ def init_ray(num_cpus: int | None = None, logs: bool = True) -> None:
     ``logs=False`` keeps the workers' output in Ray's session logs, off this terminal."""
     if ray.is_initialized():
         return
-    reuse_freed_memory()
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # progress bars, not log lines
     address = os.environ.get("RAY_ADDRESS")
     quiet = dict(log_to_driver=logs, logging_level=logging.WARNING)  # our own output leads

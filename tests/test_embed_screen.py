@@ -143,11 +143,17 @@ def test_bench_embed_lines(tiny_world):
     from scaling.bench.embed import bench_embed
 
     lines = list(bench_embed(str(tiny_world), size="cpu-xs", repeats=1))  # depth 2
+    from scaling.bench.embed import ANCHOR, TUNED
+
     assert [x["case"] for x in lines] == [
         "wells-block-1-of-2", "startup-block-1-of-2", "job-block-1-of-2",
+        "wells-block-1-of-2", "job-block-1-of-2",
         "wells-block-2-of-2", "startup-block-2-of-2", "job-block-2-of-2",
+        "wells-block-2-of-2", "job-block-2-of-2",
         "truncation-block-1-of-2",
     ]  # fmt: skip
+    # the plain loop in this process, then the same loop in a process under our allocator
+    assert [x["anchor"] for x in lines[:5]] == [ANCHOR] * 3 + [TUNED] * 2
     for x in lines:
         assert np.isfinite(x["ours"]) and x["anchor_value"] != 0
         assert x["ratio"] == pytest.approx(x["ours"] / x["anchor_value"])

@@ -12,6 +12,11 @@ the embedding actor's process importing torch and Ray Data starting its actor po
 anchor the model build). ``job-...`` is the whole job on this screen, a well. Medians over
 ``REPEATS`` pairs, ours and the anchor alternating.
 
+Ours runs with the C allocator's settings our processes start with (``scaling.parallel``
+``reuse_freed_memory``); the anchor in this process with glibc's defaults, as a user's loop
+would. A second anchor line per case runs the same loop in a fresh process under our
+settings (``TUNED``), so that what the pipeline itself costs is in the same run.
+
 A warm-up job on the first shard's wells runs first, untimed: the first Ray Data job of a
 process also starts Ray Data's own actors (stats, coordinator), a one-time cost of the
 process (``warmup_s`` on every line), not of a job.
@@ -27,7 +32,10 @@ temporary folder unless ``--data`` names a dataset.
 from __future__ import annotations
 
 import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -43,7 +51,9 @@ from scaling.evaluate.tiles import read_tiles, screen, tile_tasks
 
 SIZE, CROP, BATCH = "cpu-m", 64, 256
 REPEATS = 3  # pairs of (small, full) jobs a side and block
+SIDES = ("ours", "anchor", "tuned")  # tuned: the anchor under our allocator settings
 ANCHOR = "plain PyTorch loop over the same tiles, same block and batch"
+TUNED = ANCHOR + ", our allocator settings"
 
 
 def random_checkpoint(folder: Path, size: str = SIZE, crop: int = CROP) -> Path:
@@ -77,6 +87,24 @@ def plain_embed(checkpoint: Path, data: str, block: int) -> tuple[float, int]:
     means = (sums / scr.wells["tiles"].to_numpy()[:, None]).astype(np.float32)
     assert np.isfinite(means).all()
     return time.perf_counter() - t0, len(row)
+
+
+def tuned_embed(checkpoint: Path, data: str, block: int) -> tuple[float, int]:
+    """``plain_embed`` in a fresh process started with our allocator settings."""
+    from scaling.parallel import MALLOC_ENV
+
+    code = (
+        "import json; from scaling.bench.embed import plain_embed; "
+        f"print(json.dumps(plain_embed({str(checkpoint)!r}, {data!r}, {block})))"
+    )
+    env = {**os.environ, **MALLOC_ENV}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
+    )
+    if done.returncode:
+        raise RuntimeError(f"bench embed tuned anchor failed: {done.stderr.strip()[-2000:]}")
+    seconds, wells = json.loads(done.stdout.strip().splitlines()[-1])
+    return seconds, wells
 
 
 def first_shard_curation(data: str, tmp: Path) -> str:
@@ -117,13 +145,15 @@ def fixed_and_marginal(small: tuple[float, int], full: tuple[float, int]) -> tup
 def time_block(ckpt: Path, data: str, first: str, tmp: Path, block: int, repeats: int) -> dict:
     """Seconds and wells of ours and the anchor at ``block``, on the first shard's wells
     (``first``) and on the whole screen, ``repeats`` times, ours and the anchor alternating."""
-    runs = {k: [] for k in ("ours_small", "ours_full", "anchor_small", "anchor_full")}
+    runs = {f"{side}_{job}": [] for side in SIDES for job in ("small", "full")}
     for r in range(repeats):
         jobs = [  # like jobs side by side: the machine's drift hits both sides alike
             ("ours_small", lambda: timed_embed(ckpt, first, tmp / f"s{block}.parquet", block)),
             ("anchor_small", lambda: plain_embed(ckpt, first, block)),
             ("ours_full", lambda: timed_embed(ckpt, data, tmp / f"f{block}.parquet", block)),
             ("anchor_full", lambda: plain_embed(ckpt, data, block)),
+            ("tuned_small", lambda: tuned_embed(ckpt, first, block)),
+            ("tuned_full", lambda: tuned_embed(ckpt, data, block)),
         ]
         for name, job in jobs if r % 2 == 0 else jobs[::-1]:
             runs[name].append(job())
@@ -134,18 +164,21 @@ def block_lines(runs: dict, block: int, depth: int, about: dict):
     """The bench lines of one block from ``time_block``'s runs: marginal seconds a well
     (steady-state throughput), the fixed seconds a job, and the whole job a well."""
     fit = {}
-    for side in ("ours", "anchor"):
+    for side in SIDES:
         pairs = zip(runs[f"{side}_small"], runs[f"{side}_full"], strict=True)
         fm = [fixed_and_marginal(a, b) for a, b in pairs]
         fit[side] = tuple(statistics.median(x) for x in zip(*fm, strict=True))
     wells = runs["ours_full"][0][1]
-    job = {k: statistics.median(t for t, _ in runs[f"{k}_full"]) for k in ("ours", "anchor")}
+    job = {k: statistics.median(t for t, _ in runs[f"{k}_full"]) for k in SIDES}
     about = dict(about, block=block, depth=depth, wells=wells)
     case = f"block-{block}-of-{depth}"
     yield line("embed", f"wells-{case}", fit["ours"][1], ANCHOR, fit["anchor"][1], "s/well",
                small_wells=runs["ours_small"][0][1], **about)  # fmt: skip
     yield line("embed", f"startup-{case}", fit["ours"][0], ANCHOR, fit["anchor"][0], "s", **about)
     yield line("embed", f"job-{case}", job["ours"] / wells, ANCHOR, job["anchor"] / wells,
+               "s/well", **about)  # fmt: skip
+    yield line("embed", f"wells-{case}", fit["ours"][1], TUNED, fit["tuned"][1], "s/well", **about)
+    yield line("embed", f"job-{case}", job["ours"] / wells, TUNED, job["tuned"] / wells,
                "s/well", **about)  # fmt: skip
 
 
