@@ -936,7 +936,9 @@ def plot_block_heatmap(runs, metrics, fit, out_dir, metric) -> list[Path]:
     ax.grid(False)
     ax.set_xlabel("block (1 = first transformer block)")
     ax.set_ylabel("run (size · curation · training FLOPs)")
-    ax.set_title(f"{label(metric)} at every block (orange box: best block b*)")
+    ax.set_title(
+        f"{label(metric)} at every block (orange box: best block b*, by the validation probes)"
+    )
     fig.colorbar(im, ax=ax, label=label(metric), fraction=0.04, pad=0.02)
     fig.tight_layout()
     return save(fig, out_dir, f"block_heatmap_{metric}")
