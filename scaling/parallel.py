@@ -26,7 +26,7 @@ def reuse_freed_memory() -> bool:
 
     By default glibc serves every block over 128 KiB-32 MiB (a dynamic threshold) with a
     fresh ``mmap`` and returns it on ``free``, and trims the heap's top above 128 KiB: a
-    training step of cpu-xs (64 px, batch 32) then page-faults ~3,700-4,100 fresh pages,
+    training step of cpu-xs (64 px, batch 32) then page-faults ~3,700-4,400 fresh pages,
     and measured 10-19% slower than with these settings (3-30 faults a step). The same
     settings as ``MALLOC_*_`` variables reach the processes of a local Ray instance
     (``init_ray``); this call makes them hold in a process already running. A process's

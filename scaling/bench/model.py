@@ -5,12 +5,13 @@ The anchor gets the encoder's width, depth, heads and MLP size, the decoder's, t
 6 channels, the crop side, the mask ratio and ``norm_pix_loss``, no dropout, SDPA attention
 and the same optimizer over its trainable parameters: AdamW's fused kernel, which our engine
 trains with (``scaling.train.optim``) and transformers' ``Trainer`` defaults to on torch 2.8
-and later (``adamw_torch_fused``); torch's own default on the CPU is a loop over parameters. Our options it lacks are switched off
-on our side: no qk-norm, no LayerScale, ``fourier_weight=0`` (so the loss is the same masked
-MSE). Our model takes raw uint8 crops and self-standardises them inside its forward; the
-anchor gets a float tensor of the same shape, so the standardisation is work counted against
-us. Both run under the same precision policy (``scaling.model.precision.autocast``); steps
-alternate so that drift (and the other processes on the machine) hits both alike.
+and later (``adamw_torch_fused``); torch's own default on the CPU is a loop over parameters.
+Our options it lacks are switched off on our side: no qk-norm, no LayerScale,
+``fourier_weight=0`` (so the loss is the same masked MSE). Our model takes raw uint8 crops
+and self-standardises them inside its forward; the anchor gets a float tensor of the same
+shape, so the standardisation is work counted against us. Both run under the same precision
+policy (``scaling.model.precision.autocast``); steps alternate so that drift (and the other
+processes on the machine) hits both alike.
 
 Cases: ``cpu-m`` on 64 px crops and S/16 on 256 px crops, fp32 and bf16, on the CPU; with a
 GPU visible, L/8 in bf16, reporting MFU: training FLOPs of the step (ARCHITECTURE section 4)

@@ -88,7 +88,10 @@ def anchor_process(cfg: Config, steps: int, threads: int) -> dict:
     path = Path(cfg.run.dir).with_name(Path(cfg.run.dir).name + "-anchor.yaml")
     path.write_text(dump_config(cfg))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    code = f"from scaling.bench.train import anchor_main; anchor_main({str(path)!r}, {steps}, {threads})"
+    code = (
+        "from scaling.bench.train import anchor_main; "
+        f"anchor_main({str(path)!r}, {steps}, {threads})"
+    )
     done = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
     )
