@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
 
+from scaling.bench import in_fresh_process
 from scaling.bench.train import anchor_process, bench_config
 
 # a fresh process: minor page faults of a cpu-xs MAE's training steps (64 px, batch 32) with
@@ -40,11 +37,7 @@ print(json.dumps({"default": default, "took": took, "reused": faults()}))
 
 
 def test_reuse_freed_memory_stops_the_page_faults_of_freed_blocks():
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    out = subprocess.run(
-        [sys.executable, "-c", FAULTS], env=env, capture_output=True, text=True, check=True
-    )
-    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r = in_fresh_process(FAULTS)  # glibc's defaults until reuse_freed_memory
     assert r["took"]
     # by default blocks of a step come from fresh mmaps or a trimmed heap: ~4,000 pages a
     # step measured; then the heap's freed memory serves the next step

@@ -16,6 +16,27 @@ def line(bench: str, case: str, ours: float, anchor: str, anchor_value: float, u
     }
 
 
+def in_fresh_process(statement: str, our_allocator: bool = False):
+    """The JSON value that ``statement`` (Python code) prints last, run in a fresh interpreter:
+    an anchor as a user would run it, with glibc's allocator defaults, or with our settings
+    (``our_allocator``: ``scaling.parallel.MALLOC_ENV``), never inherited from this process."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from scaling.parallel import MALLOC_ENV
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    env.update(MALLOC_ENV if our_allocator else {})
+    done = subprocess.run(
+        [sys.executable, "-c", statement], env=env, capture_output=True, text=True, check=False
+    )
+    if done.returncode:
+        raise RuntimeError(f"bench anchor process failed: {done.stderr.strip()[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def gemm_peak(precision: str = "fp32", n: int = 2048, repeats: int = 5) -> float:
     """Dense GEMM FLOP/s of an n x n matmul in ``precision`` on torch's current threads
     (the best of ``repeats``): the peak that compute utilisation is measured against."""

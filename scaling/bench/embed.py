@@ -32,10 +32,7 @@ temporary folder unless ``--data`` names a dataset.
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -43,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scaling.bench import line
+from scaling.bench import in_fresh_process, line
 from scaling.config import Config, DataConfig, ModelConfig, dump_config
 from scaling.evaluate.embed import ModelSpec, build
 from scaling.evaluate.screen import embed_screen
@@ -91,19 +88,11 @@ def plain_embed(checkpoint: Path, data: str, block: int) -> tuple[float, int]:
 
 def tuned_embed(checkpoint: Path, data: str, block: int) -> tuple[float, int]:
     """``plain_embed`` in a fresh process started with our allocator settings."""
-    from scaling.parallel import MALLOC_ENV
-
-    code = (
+    seconds, wells = in_fresh_process(
         "import json; from scaling.bench.embed import plain_embed; "
-        f"print(json.dumps(plain_embed({str(checkpoint)!r}, {data!r}, {block})))"
+        f"print(json.dumps(plain_embed({str(checkpoint)!r}, {data!r}, {block})))",
+        our_allocator=True,
     )
-    env = {**os.environ, **MALLOC_ENV}
-    done = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
-    )
-    if done.returncode:
-        raise RuntimeError(f"bench embed tuned anchor failed: {done.stderr.strip()[-2000:]}")
-    seconds, wells = json.loads(done.stdout.strip().splitlines()[-1])
     return seconds, wells
 
 

@@ -24,17 +24,14 @@ the C allocator's defaults, not the settings ours runs under (``scaling.parallel
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from scaling.bench import gemm_peak, line
+from scaling.bench import gemm_peak, in_fresh_process, line
 from scaling.config import Config, dump_config, load_config
 from scaling.model.flops import train_flops
 from scaling.model.mae import MAE
@@ -87,17 +84,10 @@ def anchor_process(cfg: Config, steps: int, threads: int) -> dict:
     """``anchor`` in a fresh Python process with the allocator's defaults (module doc)."""
     path = Path(cfg.run.dir).with_name(Path(cfg.run.dir).name + "-anchor.yaml")
     path.write_text(dump_config(cfg))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    code = (
+    return in_fresh_process(
         "from scaling.bench.train import anchor_main; "
         f"anchor_main({str(path)!r}, {steps}, {threads})"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
-    )
-    if done.returncode:
-        raise RuntimeError(f"bench train anchor failed: {done.stderr.strip()[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def anchor_main(config: str, steps: int, threads: int) -> None:
