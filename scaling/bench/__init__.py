@@ -28,7 +28,8 @@ def in_fresh_process(statement: str, our_allocator: bool = False):
     from scaling.parallel import MALLOC_ENV
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    env.update(MALLOC_ENV if our_allocator else {})
+    if our_allocator:
+        env.update(MALLOC_ENV)
     done = subprocess.run(
         [sys.executable, "-c", statement], env=env, capture_output=True, text=True, check=False
     )
