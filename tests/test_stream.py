@@ -19,8 +19,9 @@ from scaling.model.mae import self_standardize
 from scaling.shards.dataset import open_dataset
 from scaling.stream import pipeline
 from scaling.stream import plan as plan_module
+from scaling.stream.collate import CropBatch
 from scaling.stream.crops import crop_table, grid_tiles, held_out, site_ids
-from scaling.stream.pipeline import CropBatch, crop_stream, validation_tiles
+from scaling.stream.pipeline import crop_stream, validation_tiles
 from scaling.stream.plan import site_index, stream_plan
 
 CFG = DataConfig(crop=64, crops_per_site=3, batch_size=32, val_fraction=0.1, map_cpus=0.5)
@@ -106,6 +107,20 @@ def test_epochs_cover_every_training_site(tiny_world, ray_session):
     one, one_ids = collect(crop_stream(tiny_world, CFG, epochs=1))
     assert len(set(key(one, one_ids)) & set(key(crops, ids))) == len(one)  # epoch 0 inside
     assert len(one) * 2 == len(crops)
+
+
+def test_batches_held_stay_intact_after_later_blocks(tiny_world, ray_session, monkeypatch):
+    """CropBatch does not copy the crops out of the stream's blocks: a batch held to the end
+    of the stream, after later blocks came and went, still equals the copy taken when it
+    arrived."""
+    monkeypatch.setattr(plan_module, "TASK_BYTES", 1)  # one part a task: many blocks
+    held, copies = [], []
+    stream = crop_stream(tiny_world, CFG, epochs=3)
+    for b in stream.iter_torch_batches(batch_size=CFG.batch_size, collate_fn=CropBatch()):
+        held.append(b["crop"])
+        copies.append(b["crop"].clone())
+    assert len(held) > 10
+    assert all(torch.equal(h, c) for h, c in zip(held, copies, strict=True))
 
 
 def test_start_skips_consumed_tasks(tiny_world, ray_session, monkeypatch):

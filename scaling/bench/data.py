@@ -33,10 +33,10 @@ from scaling.config import DataConfig
 from scaling.parallel import init_ray
 from scaling.shards.dataset import Dataset, open_dataset
 from scaling.shards.format import ROWS_PER_GROUP, write_atomic
+from scaling.stream.collate import CropBatch
 from scaling.stream.crops import crop_table, held_out, site_ids
 from scaling.stream.pipeline import (
     READ_COLUMNS,
-    CropBatch,
     crop_block,
     crop_kwargs,
     crop_stream,

@@ -20,7 +20,9 @@ so the difference stays measured.
 
 Ray Train splits the stream across workers (``datasets={"train": ...}``); each worker reads
 its part with ``get_dataset_shard("train").iter_torch_batches(batch_size=...,
-collate_fn=CropBatch())``. The validation set is a fixed list of grid tiles from held-out
+collate_fn=CropBatch())`` (``collate.py``; torch is imported there, not here, so that
+the processes that only plan or coordinate the stream, such as the coordinator of a
+``streaming_split``, start without it). The validation set is a fixed list of grid tiles from held-out
 sites of the *source* dataset, so losses compare across curations; it is chosen from the
 index and only its sites' row groups are read.
 """
@@ -39,9 +41,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import ray
-import torch
 from ray.data.block import BlockMetadata
-from ray.data.collate_fn import ArrowBatchCollateFn
 from ray.data.datasource import Datasource, ReadTask
 from ray.data.extensions import ArrowTensorTypeV2
 
@@ -179,19 +179,6 @@ def tensor_numpy(column) -> np.ndarray:
         for c in chunks
     ]
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-
-class CropBatch(ArrowBatchCollateFn):
-    """Collate for ``iter_torch_batches``: an Arrow batch -> ``{"crop": (B, C, h, w) tensor,
-    "site_id": (B,) int64}``, one copy, without Ray's generic per-column numpy conversion
-    (which costs more per batch than cutting the crops)."""
-
-    def __call__(self, batch: pa.Table) -> dict[str, torch.Tensor]:
-        crops = tensor_numpy(batch.column("crop"))
-        if not crops.flags.writeable:  # a zero-copy view of the block: take our own copy
-            crops = crops.copy()
-        ids = batch.column("site_id").to_numpy()
-        return {"crop": torch.from_numpy(crops), "site_id": torch.from_numpy(ids.copy())}
 
 
 def crop_kwargs(cfg: DataConfig, channels: int, dtype: str, selected=None) -> dict:

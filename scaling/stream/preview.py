@@ -8,7 +8,8 @@ from scaling.config import Config
 from scaling.errors import InputError
 from scaling.montage import write_montage
 from scaling.parallel import init_ray
-from scaling.stream.pipeline import CropBatch, crop_stream
+from scaling.stream.collate import CropBatch
+from scaling.stream.pipeline import crop_stream
 
 
 def preview(cfg: Config, batches: int = 20, montage: str | None = None) -> dict:

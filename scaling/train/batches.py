@@ -42,7 +42,7 @@ def stream_batches(cfg: Config, device, skip: int):
     dropped."""
     import ray.train
 
-    from scaling.stream.pipeline import CropBatch
+    from scaling.stream.collate import CropBatch
 
     shard = ray.train.get_dataset_shard("train")
     while True:
