@@ -160,7 +160,7 @@ def bench_data(
 
     channels, dtype = geometry(ds, cfg.crop, site_index(ds, cfg))
     rp = read_parquet_stream(ds.files, cfg, channels, dtype)
-    ours, n = timed(lambda: sum(consume(rp, cfg.batch_size) for _ in range(epochs)), 1)
+    ours, n = timed(lambda: sum(consume(rp, cfg.batch_size) for _ in range(epochs)), repeats)
     yield line(
         "data",
         "read_parquet-1-consumer",
