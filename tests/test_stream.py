@@ -2,6 +2,8 @@
 training site, hold-out is exclusive, and Ray Train shards the stream across workers."""
 
 import json
+import subprocess
+import sys
 from collections import Counter
 from dataclasses import replace
 
@@ -339,3 +341,13 @@ def test_memory_crops_are_seeded_windows_visiting_every_site_per_epoch():
     other = SiteCrops(sites, crop=8, crops_per_site=3, seed=6)
     assert not torch.equal(other.batch(15, 12), x)
     assert not torch.equal(crops.plan(21, 21), plan)  # each epoch draws anew
+
+
+def test_read_side_modules_do_not_import_torch():
+    """Processes that only plan, read or coordinate (a streaming_split's coordinator, the
+    embedding read tasks) unpickle these modules: they must start without torch."""
+    code = (
+        "import sys, scaling.stream.pipeline, scaling.evaluate.tiles; print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -20,11 +20,11 @@ so the difference stays measured.
 
 Ray Train splits the stream across workers (``datasets={"train": ...}``); each worker reads
 its part with ``get_dataset_shard("train").iter_torch_batches(batch_size=...,
-collate_fn=CropBatch())`` (``collate.py``; torch is imported there, not here, so that
-the processes that only plan or coordinate the stream, such as the coordinator of a
-``streaming_split``, start without it). The validation set is a fixed list of grid tiles from held-out
-sites of the *source* dataset, so losses compare across curations; it is chosen from the
-index and only its sites' row groups are read.
+collate_fn=CropBatch())`` (``collate.py``: torch is imported there, not here, so that the
+processes that only plan or coordinate the stream, such as a ``streaming_split``'s
+coordinator, start without it). The validation set is a fixed list of grid tiles from
+held-out sites of the *source* dataset, so losses compare across curations; it is chosen
+from the index and only its sites' row groups are read.
 """
 
 from __future__ import annotations
