@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from scaling.parallel import reuse_freed_memory
 from scaling.progress import bar
 from scaling.shards.dataset import Dataset
 from scaling.shards.format import CHANNELS
+from scaling.stream.collate import view_tensor
 
 # read tasks (Parquet reads and tile cuts, light next to the model) claim no CPU, so they
 # never wait on the actors' CPUs, nor on those of jobs around them (a ladder's runs); as
@@ -116,9 +116,7 @@ class Embedder:
         self.precision = "bf16" if self.device == "cuda" else spec.cfg.train.precision
 
     def __call__(self, batch: dict) -> dict:
-        with warnings.catch_warnings():  # read-only Arrow buffers: the model never writes x
-            warnings.simplefilter("ignore", UserWarning)
-            x = torch.from_numpy(np.ascontiguousarray(batch["tiles"])).to(self.device)
+        x = view_tensor(np.ascontiguousarray(batch["tiles"])).to(self.device)  # never written
         with torch.inference_mode(), autocast(self.precision, self.device):
             emb = self.model.embed_blocks(x, self.depth)  # (B, depth, D) float32
         emb = (emb[:, -1:] if self.last_only else emb).double().cpu().numpy()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pyarrow as pa
 import torch
 from ray.data.collate_fn import ArrowBatchCollateFn
@@ -28,6 +29,13 @@ class CropBatch(ArrowBatchCollateFn):
 
     def __call__(self, batch: pa.Table) -> dict[str, torch.Tensor]:
         ids = torch.from_numpy(batch.column("site_id").to_numpy().copy())
-        with warnings.catch_warnings():  # torch warns once that the view is not writable
-            warnings.simplefilter("ignore", UserWarning)
-            return {"crop": torch.from_numpy(tensor_numpy(batch.column("crop"))), "site_id": ids}
+        return {"crop": view_tensor(tensor_numpy(batch.column("crop"))), "site_id": ids}
+
+
+def view_tensor(x: np.ndarray) -> torch.Tensor:
+    """A tensor sharing ``x``'s memory, which may be a read-only view of an Arrow buffer in
+    Ray's object store: for readers that never write it (torch's one-time warning that the
+    array is not writable is silenced)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(x)
