@@ -562,7 +562,11 @@ def parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--no-tvn", action="store_true", help="benchmarks without TVN")
     s.add_argument("--batch-size", type=int, default=256, help="crops per inference batch")
-    s.add_argument("--actors", type=int, help="embedding actors (default: 1 per GPU or 2 CPUs)")
+    s.add_argument(
+        "--actors",
+        type=int,
+        help="embedding workers: GPU actors, or CPU tasks at once (default: 1 per GPU or node)",
+    )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(fn=cmd_evaluate)
@@ -604,8 +608,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="the embeddings, a .parquet file")
     s.add_argument("--block", default="best", help="block number, or best: b* (default best)")
     s.add_argument("--evaluation", help="`scaling evaluate` output whose b* --block best reads")
-    s.add_argument("--batch-size", type=int, default=256, help="tiles per actor batch (256)")
-    s.add_argument("--actors", type=int, help="embedding actors (default: from the cluster)")
+    s.add_argument("--batch-size", type=int, default=256, help="tiles per inference batch (256)")
+    s.add_argument(
+        "--actors",
+        type=int,
+        help="embedding workers: GPU actors, or CPU tasks at once (default: from the cluster)",
+    )
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(fn=cmd_embed)
 

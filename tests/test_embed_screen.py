@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -12,7 +13,7 @@ import torch
 
 from scaling.errors import InputError
 from scaling.evaluate import screen as screen_mod
-from scaling.evaluate.embed import build, load_spec
+from scaling.evaluate.embed import ModelSpec, build, embed_wells, find_checkpoint, load_spec
 from scaling.evaluate.screen import embed_screen
 from scaling.evaluate.table import read_embeddings
 from scaling.evaluate.tiles import WellMeans
@@ -27,14 +28,11 @@ def by_key(wells: pd.DataFrame, X: np.ndarray) -> dict:
     return {"/".join(r): x for r, x in zip(wells[KEY].itertuples(index=False), X, strict=True)}
 
 
-@pytest.fixture(scope="module")
-def brute_force(smoke_run, tiny_world):
+def direct_loop(model, data) -> dict:
     """Every well at every block, by a direct loop: each shard's sites cut into grid tiles,
     every tile through ``embed_blocks``, tiles averaged per well: {key: (depth, D)}."""
-    _, result, _ = smoke_run
-    model = build(load_spec(result["checkpoint"]))
     tiles: dict[str, list] = {}
-    for f in open_dataset(tiny_world).files:
+    for f in open_dataset(data).files:
         t = pq.read_table(f)
         for key, site in zip(well_keys(t).to_pylist(), decode_sites(t), strict=True):
             tiles.setdefault(key, []).append(grid_tiles(site, 64))
@@ -43,6 +41,12 @@ def brute_force(smoke_run, tiny_world):
             k: model.embed_blocks(torch.from_numpy(np.concatenate(v))).mean(0).numpy()
             for k, v in tiles.items()
         }
+
+
+@pytest.fixture(scope="module")
+def brute_force(smoke_run, tiny_world):
+    _, result, _ = smoke_run
+    return direct_loop(build(load_spec(result["checkpoint"])), tiny_world)
 
 
 def feed(expected: dict, tiles: list, order) -> tuple[dict, list[int], WellMeans]:
@@ -164,3 +168,27 @@ def test_bench_embed_lines(tiny_world):
     # (medians of one repeat are the values themselves)
     assert startup["ours"] + wells["ours"] * 192 == pytest.approx(job["ours"] * 192)
     assert job["ours"] > 0 and job["anchor_value"] > 0
+
+
+def test_a_kept_model_is_rebuilt_when_its_weights_change(
+    smoke_run, tiny_world, brute_force, tmp_path
+):
+    """Embedding workers keep their model for the next job; new weights at the same path
+    (a run that trained on) must not be embedded with the old ones."""
+    from safetensors.torch import save_file
+
+    _, result, _ = smoke_run
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(find_checkpoint(result["checkpoint"]), ckpt)
+    wells, E = embed_wells(tiny_world, load_spec(ckpt), progress=False)
+    got = by_key(wells, E[0])
+    for k, want in brute_force.items():
+        np.testing.assert_allclose(got[k], want[0], rtol=1e-4, atol=1e-5)
+    other = build(ModelSpec(load_spec(ckpt).cfg, seed=1))  # different weights, same path
+    save_file(other.state_dict(), str(ckpt / "model.safetensors"))
+    wells, E = embed_wells(tiny_world, load_spec(ckpt), progress=False)
+    got, want = by_key(wells, E[0]), direct_loop(other, tiny_world)
+    assert got.keys() == want.keys()
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k][0], rtol=1e-4, atol=1e-5)
+        assert not np.allclose(got[k], brute_force[k][0], rtol=1e-2)

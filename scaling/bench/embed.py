@@ -1,4 +1,4 @@
-"""``scaling bench embed``: ``scaling embed`` (Ray Data read tasks and embedding actors,
+"""``scaling bench embed``: ``scaling embed`` (Ray Data read tasks and embedding tasks,
 streamed well means, Parquet parts) against its anchor, a plain PyTorch loop in this
 process over the same tiles: read the same row groups, cut the same tiles, run the same
 model to the same block in batches of the same size, average to wells (model built and data
@@ -8,8 +8,8 @@ Throughput is separated from start-up as in ``scaling bench train``: each side e
 first shard's wells (a small job) and the whole screen, and the line through the two
 (seconds against wells) gives the marginal seconds a well (case ``wells-...``, the steady
 state a screen of any size runs at) and the fixed seconds a job (``startup-...``: for ours
-the embedding actor's process importing torch and Ray Data starting its actor pool; for the
-anchor the model build). ``job-...`` is the whole job on this screen, a well. Medians over
+Ray Data starting the job and a reused worker building the model; for the anchor the model
+build). ``job-...`` is the whole job on this screen, a well. Medians over
 ``REPEATS`` pairs, ours and the anchor alternating.
 
 Ours runs with the C allocator's settings our processes start with (``scaling.parallel``
@@ -18,8 +18,9 @@ would. A second anchor line per case runs the same loop in a fresh process under
 settings (``TUNED``), so that what the pipeline itself costs is in the same run.
 
 A warm-up job on the first shard's wells runs first, untimed: the first Ray Data job of a
-process also starts Ray Data's own actors (stats, coordinator), a one-time cost of the
-process (``warmup_s`` on every line), not of a job.
+process also starts Ray Data's own actors (stats, coordinator) and the worker processes
+that embed (importing torch), a one-time cost of the process (``warmup_s`` on every line),
+not of a job.
 
 Also the saving of truncation: ``scaling embed`` at block ``depth // 2`` (where b* of an
 intermediate block lands) against the full encoder, ratio = seconds at b / seconds at depth.

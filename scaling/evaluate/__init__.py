@@ -3,7 +3,7 @@
 Modules, in pipeline order:
 
 - ``table``: the well-embeddings Parquet layout (contract), truth tables, JSON output.
-- ``embed``: a checkpoint's every-block embeddings of every well (Ray Data actors).
+- ``embed``: a checkpoint's every-block embeddings of every well (Ray Data).
 - ``baselines``: hand-crafted CellProfiler-like features, raw-pixel PCA, random-init ViT.
 - ``tvn``: typical variation normalisation (ARCHITECTURE section 4).
 - ``recall``: aggregation to perturbations, known-relationship recall.

@@ -6,10 +6,13 @@ the patch tokens after the final LayerNorm applied to block b's output), and a w
 embedding is the mean over all crops of its sites.
 
 Inference runs on Ray Data: read tasks of about ``TASK_BYTES`` (``scaling.evaluate.tiles``,
-torch-free) read only the row groups that hold wanted sites and cut their tiles; a pool of actors (each holding the model once, GPU
-actors in bf16 when the cluster has GPUs) embeds batches with ``map_batches`` and sums each
-batch's tiles per well; the driver adds those sums and hands on each well as soon as all
-its tiles are in (``WellMeans``), so what it holds is the wells in flight, not the screen.
+torch-free) read only the row groups that hold wanted sites and cut their tiles;
+``map_batches`` embeds batches and sums each batch's tiles per well: on GPUs, one actor a GPU
+holds the model in bf16 for the job; on CPU, tasks (``embed_batch``) whose worker processes
+build the model once and keep it for their next tasks, of this job and of the next ones (a
+worker Ray reuses has torch imported already, while an actor is a new process each job);
+the driver adds those sums and hands on each well as soon as all its tiles are in
+(``WellMeans``), so what it holds is the wells in flight, not the screen.
 
 A model is given by a checkpoint folder (``model.safetensors`` + ``config.yaml``, written
 by every training checkpoint) or a run folder (its ``result.json`` names the checkpoint).
@@ -101,9 +104,10 @@ def build(spec: ModelSpec) -> MAE:
 
 
 class Embedder:
-    """A Ray Data actor: tiles (B, C, crop, crop) uint8 with their well keys -> per well of
-    the batch, its tile count ``n`` and the sum ``sum`` (W, blocks, D) float64 of its tiles'
-    embeddings at blocks 1..``depth`` (only block ``depth`` with ``last_only``)."""
+    """A Ray Data actor (or a task worker's kept model, ``embed_batch``): tiles (B, C, crop,
+    crop) uint8 with their well keys -> per well of the batch, its tile count ``n`` and the
+    sum ``sum`` (W, blocks, D) float64 of its tiles' embeddings at blocks 1..``depth`` (only
+    block ``depth`` with ``last_only``)."""
 
     def __init__(self, spec: ModelSpec, depth: int, last_only: bool = False, threads: int = 0):
         reuse_freed_memory()  # an actor on a cluster that did not start it with our settings
@@ -126,6 +130,20 @@ class Embedder:
         return {"key": np.asarray(keys, object), "n": np.bincount(codes), "sum": sums}
 
 
+_KEPT: dict = {}  # the Embedder this worker process built last, by what it was built from
+
+
+def embed_batch(batch: dict, spec: ModelSpec, depth: int, last_only: bool, threads: int) -> dict:
+    """``Embedder`` as a Ray Data task: a worker builds the model once and keeps it (one at
+    a time) for its later tasks, of this job and of the next ones of the same model."""
+    st = Path(spec.weights).stat() if spec.weights else None  # new weights at the same path
+    key = (repr(spec), st and (st.st_ino, st.st_size, st.st_mtime_ns), depth, last_only, threads)
+    if key not in _KEPT:
+        _KEPT.clear()
+        _KEPT[key] = Embedder(spec, depth, last_only, threads)
+    return _KEPT[key](batch)
+
+
 def embed_stream(
     scr: Screen,
     spec: ModelSpec,
@@ -139,7 +157,8 @@ def embed_stream(
     """Yield (keys, means (k, blocks, D) float32) as wells of ``keys`` (default: all of the
     screen) complete: every block 1..``depth`` (default the model's depth), or block
     ``depth`` alone with ``last_only``. The encoder runs only up to block ``depth``.
-    ``actors`` and ``cpus_per_actor`` default to ``actor_shape``'s."""
+    ``actors`` (GPU actors, or CPU tasks at once) and ``cpus_per_actor`` default to
+    ``actor_shape``'s."""
     from scaling.parallel import init_ray
 
     depth = depth or spec.depth
@@ -148,26 +167,24 @@ def embed_stream(
         return
     init_ray()
     actors, threads, cpus_per_actor, gpus = actor_plan(detect(), actors, cpus_per_actor)
-    # a block of tiles per read task: tasks run apart and stream into the actors
+    # a block of tiles per read task: tasks run apart and stream into the embedding
     tiles = ray.data.read_datasource(
         TileReads(tasks, scr.crop),
         num_cpus=READ_CPUS,
-        concurrency=actors,
+        compute=ray.data.TaskPoolStrategy(size=actors),
         override_num_blocks=len(tasks),
     )
-    emb = tiles.map_batches(
-        Embedder,
-        fn_constructor_kwargs={
-            "spec": spec,
-            "depth": depth,
-            "last_only": last_only,
-            "threads": threads,
-        },
-        batch_size=batch_size,
-        compute=ray.data.ActorPoolStrategy(size=actors),
-        num_cpus=cpus_per_actor,
-        num_gpus=gpus,
-    )
+    how = {"spec": spec, "depth": depth, "last_only": last_only, "threads": threads}
+    if gpus:  # an actor a GPU holds its model for the job, then frees the GPU
+        emb = tiles.map_batches(
+            Embedder, fn_constructor_kwargs=how, compute=ray.data.ActorPoolStrategy(size=actors),
+            batch_size=batch_size, num_cpus=cpus_per_actor, num_gpus=gpus,
+        )  # fmt: skip
+    else:  # tasks: a worker keeps its model for the job's next tasks and the next job's
+        emb = tiles.map_batches(
+            embed_batch, fn_kwargs=how, compute=ray.data.TaskPoolStrategy(size=actors),
+            batch_size=batch_size, num_cpus=cpus_per_actor,
+        )  # fmt: skip
     means = WellMeans(dict(zip(scr.wells["key"], scr.wells["tiles"], strict=True)))
     for batch in emb.iter_batches(batch_size=None, batch_format="numpy"):
         done, x = means.add(batch)
