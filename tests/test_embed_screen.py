@@ -13,10 +13,17 @@ import torch
 
 from scaling.errors import InputError
 from scaling.evaluate import screen as screen_mod
-from scaling.evaluate.embed import ModelSpec, build, embed_wells, find_checkpoint, load_spec
+from scaling.evaluate.embed import (
+    ModelSpec,
+    build,
+    embed_stream,
+    embed_wells,
+    find_checkpoint,
+    load_spec,
+)
 from scaling.evaluate.screen import embed_screen
 from scaling.evaluate.table import read_embeddings
-from scaling.evaluate.tiles import WellMeans
+from scaling.evaluate.tiles import WellMeans, screen
 from scaling.shards.dataset import open_dataset, well_keys
 from scaling.stream.crops import decode_sites, grid_tiles
 from tests.conftest import run_cli
@@ -192,3 +199,17 @@ def test_a_kept_model_is_rebuilt_when_its_weights_change(
     for k in want:
         np.testing.assert_allclose(got[k], want[k][0], rtol=1e-4, atol=1e-5)
         assert not np.allclose(got[k], brute_force[k][0], rtol=1e-2)
+
+
+def test_the_gpu_clusters_actor_pool_embeds_as_the_tasks_do(smoke_run, tiny_world, brute_force):
+    """GPU clusters embed in an actor pool (one bf16 actor a GPU); the same pool on CPU must
+    give what the direct loop gives, so that path runs in a suite without GPUs."""
+    _, result, _ = smoke_run
+    spec = load_spec(result["checkpoint"])
+    scr = screen(tiny_world, spec.crop)
+    got = {}
+    for keys, x in embed_stream(scr, spec, actors=1, actor_pool=True):
+        got.update(zip(keys, x, strict=True))
+    assert got.keys() == brute_force.keys()
+    for k, want in brute_force.items():
+        np.testing.assert_allclose(got[k], want, rtol=1e-4, atol=1e-5)

@@ -153,12 +153,14 @@ def embed_stream(
     batch_size: int = 256,
     actors: int | None = None,
     cpus_per_actor: float | None = None,
+    actor_pool: bool | None = None,
 ):
     """Yield (keys, means (k, blocks, D) float32) as wells of ``keys`` (default: all of the
     screen) complete: every block 1..``depth`` (default the model's depth), or block
     ``depth`` alone with ``last_only``. The encoder runs only up to block ``depth``.
     ``actors`` (GPU actors, or CPU tasks at once) and ``cpus_per_actor`` default to
-    ``actor_shape``'s."""
+    ``actor_shape``'s; ``actor_pool`` (default: on GPU clusters) embeds in an actor pool
+    rather than in tasks."""
     from scaling.parallel import init_ray
 
     depth = depth or spec.depth
@@ -175,7 +177,7 @@ def embed_stream(
         override_num_blocks=len(tasks),
     )
     how = {"spec": spec, "depth": depth, "last_only": last_only, "threads": threads}
-    if gpus:  # an actor a GPU holds its model for the job, then frees the GPU
+    if bool(gpus) if actor_pool is None else actor_pool:  # an actor holds its model for the job
         emb = tiles.map_batches(
             Embedder, fn_constructor_kwargs=how, compute=ray.data.ActorPoolStrategy(size=actors),
             batch_size=batch_size, num_cpus=cpus_per_actor, num_gpus=gpus,
