@@ -93,6 +93,8 @@ class ModelConfig:
     # start the decoder's query and key projections at the identity (mimetic initialisation:
     # mask tokens attend to their neighbours from the first step; scaling.model.mae)
     decoder_qk_identity: bool = False
+    # start the decoder's pixel prediction (its last layer) at zero (scaling.model.mae)
+    decoder_pred_zero: bool = False
 
     def validate(self) -> None:
         from scaling.model.sizes import SIZES

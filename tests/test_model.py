@@ -279,3 +279,25 @@ def test_bench_model_anchors_have_our_shapes_and_train():
         assert x["ours"] > 0 and x["anchor_value"] > 0
         assert x["ratio"] == pytest.approx(x["ours"] / x["anchor_value"])
         assert x["params"] == x["anchor_params"] and x["dtype"] == "bf16"
+
+
+def test_zero_decoder_prediction_starts_at_the_target_mean_and_learns():
+    """``decoder_pred_zero``: the last layer starts at zero (every other weight as without
+    it, from the same seed), so the first prediction is 0 everywhere; its gradient is not
+    zero, so the first step moves it."""
+    torch.manual_seed(0)
+    ref = MAE(SIZES["cpu-xs"], img_size=64, norm_pix_loss=True)
+    torch.manual_seed(0)
+    m = MAE(SIZES["cpu-xs"], img_size=64, norm_pix_loss=True, decoder_pred_zero=True)
+    for (name, a), (_, b) in zip(ref.state_dict().items(), m.state_dict().items(), strict=True):
+        if name.startswith("decoder_pred"):
+            assert not b.any(), name
+        else:
+            assert torch.equal(a, b), name
+    imgs = torch.randint(0, 255, (2, 6, 64, 64), dtype=torch.uint8)
+    loss, pred, mask = m(imgs, generator=torch.Generator().manual_seed(0))
+    assert not pred.any()
+    # norm-pix targets have unbiased variance 1: a zero prediction's squared error is (P-1)/P
+    assert m.last_parts["mse"].item() == pytest.approx(383 / 384, rel=1e-5)
+    loss.backward()
+    assert m.decoder_pred.weight.grad.abs().sum() > 0

@@ -223,12 +223,14 @@ class MAE(nn.Module):
         channel_agnostic: bool = False,
         pos_base: float = 10000.0,
         decoder_qk_identity: bool = False,
+        decoder_pred_zero: bool = False,
     ):
         """``channels``: the input channels; with ``channel_agnostic`` only those of the
         training data, as no weight depends on them (module docstring). ``pos_base``: the
         sin-cos positions' base (:func:`sincos_2d`), encoder and decoder alike.
         ``decoder_qk_identity``: start the decoder's query and key projections at the
-        identity (:meth:`_init_weights`)."""
+        identity, and with ``decoder_pred_zero`` the pixel prediction at zero
+        (:meth:`_init_weights`)."""
         super().__init__()
         self.grad_checkpoint = grad_checkpoint  # recompute block activations in backward
         if img_size % size.patch:
@@ -261,7 +263,7 @@ class MAE(nn.Module):
         )
         self.decoder_norm = nn.LayerNorm(dd)
         self.decoder_pred = nn.Linear(dd, p * p * token_channels)
-        self._init_weights(decoder_qk_identity)
+        self._init_weights(decoder_qk_identity, decoder_pred_zero)
 
     @classmethod
     def from_config(cls, cfg: Config) -> MAE:
@@ -281,14 +283,19 @@ class MAE(nn.Module):
             channel_agnostic=m.channel_agnostic,
             pos_base=m.pos_base,
             decoder_qk_identity=m.decoder_qk_identity,
+            decoder_pred_zero=m.decoder_pred_zero,
         )
 
-    def _init_weights(self, decoder_qk_identity: bool = False) -> None:
+    def _init_weights(self, decoder_qk_identity: bool = False, pred_zero: bool = False) -> None:
         """The MAE reference's: Xavier-uniform linears and patch projection, zero biases.
         With ``decoder_qk_identity`` the decoder's query and key projections start at the
         identity (after mimetic initialisation, Trockman & Kolter 2023): a mask token, whose
         only content is its position, then attends from the first step to the tokens whose
-        positions are like its own, its neighbours, where its pixels are predicted from."""
+        positions are like its own, its neighbours, where its pixels are predicted from.
+        With ``pred_zero`` the decoder's last layer (``decoder_pred``) starts at zero, as
+        classifier heads often do: the first prediction of every pixel is the norm-pix
+        target's mean, 0, rather than a random projection of the decoder's features, whose
+        noise the model first has to unlearn (README, "The demo's design")."""
         w = self.patch_embed.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.normal_(self.cls_token, std=0.02)
@@ -300,6 +307,8 @@ class MAE(nn.Module):
             elif isinstance(m, nn.LayerNorm) and m.elementwise_affine:
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        if pred_zero:
+            nn.init.zeros_(self.decoder_pred.weight)
         if decoder_qk_identity:
             with torch.no_grad():
                 for blk in self.decoder_blocks:
