@@ -38,6 +38,32 @@ def test_biology_structure_and_determinism():
     assert opposed and np.mean(opposed) < -0.5
 
 
+def test_intensity_weight_moves_the_phenotype_into_morphology_and_texture():
+    """``WorldSpec.intensity`` scales the per-channel intensity features of every direction
+    (then renormalised): 1 is the world as before, 0 leaves intensity unchanged by any gene,
+    and a phenotype's norm stays its strength."""
+    import dataclasses
+
+    from scaling.world.render import FEATURES
+
+    spec = PRESETS["small"]
+    intensity = np.array([f.startswith("intensity_") for f in FEATURES])
+    assert intensity.sum() == 6
+    base = make_biology(spec, 7)
+    same = make_biology(dataclasses.replace(spec, intensity=1.0), 7)
+    assert np.array_equal(base.phenotype, same.phenotype)
+    share = {}
+    for w in (0.0, 0.3, 1.0):
+        bio = make_biology(dataclasses.replace(spec, intensity=w), 7)
+        assert np.array_equal(bio.active, base.active)  # the same genes act, as strongly
+        norms = np.linalg.norm(bio.phenotype, axis=1)
+        assert np.allclose(norms, base.strength, rtol=1e-5)
+        sq = bio.phenotype[bio.active] ** 2
+        share[w] = sq[:, intensity].sum() / sq.sum()
+    assert share[0.0] == 0.0 and share[0.3] < share[1.0] / 5
+    assert 0.25 < share[1.0] < 0.5  # isotropic: about 6 of 16 features' worth
+
+
 def test_render_is_deterministic_and_responds_to_phenotype():
     spec = PRESETS["tiny"]
     batch = make_layout(spec, make_biology(spec, 0), 0)[0].batch

@@ -77,6 +77,14 @@ def _noise(rng, shape) -> np.ndarray:
     return rng.standard_normal(shape) / np.sqrt(N_FEATURES)
 
 
+def feature_weights(spec: WorldSpec) -> np.ndarray:
+    """(N_FEATURES,) weights of the features in a phenotype's direction: ``spec.intensity``
+    for the per-channel intensities, 1 for the rest (morphology, texture, density)."""
+    from scaling.world.render import FEATURES
+
+    return np.array([spec.intensity if f.startswith("intensity_") else 1.0 for f in FEATURES])
+
+
 def _planted_groups(n: int, rng) -> tuple[np.ndarray, np.ndarray]:
     """Synthetic groups: complex_of (n,) of 3-10 genes each, pathway_of_complex (K,) of
     2-5 consecutive complexes each."""
@@ -128,7 +136,9 @@ def make_biology(spec: WorldSpec, seed: int) -> Biology:
     complex_active = rng.random(k) < min(1.0, spec.active_fraction / (1 - dropout))
     active = complex_active[complex_of] & (rng.random(n) >= dropout)
     strength = np.where(active, spec.strength * rng.lognormal(0.0, 0.3, n), 0.0)
-    direction = _unit(complex_dir[complex_of] + 0.5 * _noise(rng, (n, N_FEATURES)))
+    direction = _unit(
+        (complex_dir[complex_of] + 0.5 * _noise(rng, (n, N_FEATURES))) * feature_weights(spec)
+    )
     phenotype = (strength[:, None] * direction).astype(np.float32)
     genes = [f"G{i + 1:05d}" for i in range(n)]
     gene_order = rng.permutation(n)  # names carry no hint of the complex

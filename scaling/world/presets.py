@@ -20,6 +20,10 @@ class WorldSpec:
     cells: float = 14.0  # mean cells per 128 x 128 pixels
     strength: float = 1.0  # global phenotype strength
     active_fraction: float = 0.5  # share of genes with a phenotype
+    # weight of the per-channel intensity features in every phenotype's direction, against
+    # 1 for morphology and texture (scaling.world.biology): below 1, more of a gene's effect
+    # is in what a crop shows after per-crop standardisation
+    intensity: float = 1.0
     batch: float = 1.0  # batch-effect strength
     images: bool = True  # False: embeddings only, no images (the evaluation issue's genome preset)
     stains: str = "rxrx3"  # rxrx3: six channels; jump: JUMP's five (scaling.world.render.STAINS)
