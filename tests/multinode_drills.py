@@ -127,17 +127,26 @@ def remove_when_registered(cluster, run_dir: Path, seen: dict, timeout: float = 
     """Once Ray Train has registered a checkpoint and rank 0 has logged a step past it
     (steps the restart will repeat), remove the node rank 0 trains on (the latest
     ``attempts.jsonl`` line names it); ``seen`` gets the node, the registered steps, the
-    step logged and the time."""
+    step logged and the time. The files it reads are being written: a line or snapshot
+    caught half-written is read again at the next look. Any other error, or the timeout,
+    is left in ``seen["error"]`` for the test to show (a thread's exception would vanish)."""
     deadline = time.time() + timeout
-    while time.time() < deadline:
-        steps, logged = registered_steps(run_dir), logged_step(run_dir)
-        if steps and logged > steps[-1]:
-            node_id = attempts(run_dir)[-1]["node"]
-            (node,) = [n for n in cluster.worker_nodes if n.node_id == node_id]
-            cluster.remove_node(node)
-            seen.update(node=node_id, registered=steps, logged=logged, at=time.time())
-            return
-        time.sleep(0.05)
+    try:
+        while time.time() < deadline:
+            try:
+                steps, logged = registered_steps(run_dir), logged_step(run_dir)
+                node_id = attempts(run_dir)[-1]["node"] if steps and logged > steps[-1] else None
+            except (json.JSONDecodeError, FileNotFoundError):  # caught mid-write
+                node_id = None
+            if node_id is not None:
+                (node,) = [n for n in cluster.worker_nodes if n.node_id == node_id]
+                cluster.remove_node(node)
+                seen.update(node=node_id, registered=steps, logged=logged, at=time.time())
+                return
+            time.sleep(0.05)
+        seen["error"] = f"no checkpoint registered and passed within {timeout} s"
+    except Exception as e:
+        seen["error"] = repr(e)
 
 
 def resume_task(cfg, step: int) -> int:
