@@ -11,14 +11,13 @@ setup: $(STAMP)
 
 # the annotation sources (CORUM, hu.MAP, ...) are fetched into ~/.cache/scaling once;
 # the DeepSpeed step compiles DeepSpeed's CPU communication op once (about a minute), rather than
-# in the first run; it is cached under ~/.cache/torch_extensions
+# in the first run; it is cached in .venv/torch_extensions (scaling.train.loop.jit_environment)
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[dev]"
-	TORCH_EXTENSIONS_DIR=$(abspath $(VENV))/torch_extensions DS_ACCELERATOR=cpu \
-		$(PY) -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()"
+	$(PY) -c "from scaling.train.loop import build_cpu_ops; build_cpu_ops()"
 	$(VENV)/bin/scaling sources fetch
 	touch $(STAMP)
 

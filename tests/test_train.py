@@ -58,6 +58,30 @@ def test_bad_train_config_fails_before_ray(tmp_path):
     assert not (tmp_path / "ray").exists()
 
 
+def test_the_shm_op_is_built_once_whichever_ninja_path_leads_to():
+    """A process whose PATH leads to the machine's ninja and one whose PATH starts with the
+    environment's folder (an activated venv, a ``ray job submit`` job) both find DeepSpeed's
+    shm op built: neither rebuilds it (each did, 35-55 s, when each used its own ninja)."""
+    import os
+    import subprocess
+    import sys
+    import sysconfig
+
+    from scaling.train.loop import extensions_dir
+
+    scripts = sysconfig.get_path("scripts")
+    others = [d for d in os.environ["PATH"].split(os.pathsep) if d and d != scripts]
+    build = "from scaling.train.loop import build_cpu_ops; build_cpu_ops()"
+    op = Path(extensions_dir()) / "deepspeed_shm_comm" / "deepspeed_shm_comm.so"
+    stamps = []
+    for path in (others, [scripts, *others]):
+        env = {**os.environ, "PATH": os.pathsep.join(path)}
+        env.pop("TORCH_EXTENSIONS_DIR", None)
+        subprocess.run([sys.executable, "-c", build], env=env, check=True, capture_output=True)
+        stamps.append(op.stat().st_mtime_ns)
+    assert stamps[0] == stamps[1], "the second PATH's ninja rebuilt the shm op"
+
+
 def test_two_worker_zero2_run_learns(tiny_world, smoke_run):
     steps, batch = 30, 16
     cfg, r, run_dir = smoke_run

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+import sysconfig
 from pathlib import Path
 
 from scaling.config import Config, _build
@@ -22,12 +23,35 @@ def extensions_dir() -> str:
     return str(Path(sys.prefix) / "torch_extensions")
 
 
+def jit_environment() -> None:
+    """Build DeepSpeed's JIT ops in this environment's cache with this environment's ninja.
+    The ``ninja`` package (a DeepSpeed requirement) installs ninja 1.13 into the
+    environment's scripts folder, while PATH may lead to another (the machine's 1.11 here):
+    the two hash a build command differently, so each rebuilt the shm op that the other had
+    built, 35-55 s on 2 cores, whenever a process with the environment's folder first on
+    PATH (a ``ray job submit`` job, an activated venv) came after one without it (measured)."""
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", extensions_dir())
+    scripts = sysconfig.get_path("scripts")
+    path = os.environ.get("PATH", "")
+    if Path(scripts, "ninja").is_file() and path.split(os.pathsep)[0] != scripts:
+        os.environ["PATH"] = os.pathsep.join([scripts, path]) if path else scripts
+
+
+def build_cpu_ops() -> None:
+    """Build DeepSpeed's CPU shm collective now (``make setup``), not in the first run."""
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    jit_environment()
+    from deepspeed.comm.torch import build_shm_op
+
+    build_shm_op()
+
+
 def train_loop(config: dict) -> None:
     cfg = _build(Config, config["cfg"], "", "train_loop_config")
     t = cfg.train
     if not t.use_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", extensions_dir())
+    jit_environment()
     reuse_freed_memory()  # a worker on a cluster that did not start it with our settings
     import ray.train
 
