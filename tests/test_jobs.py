@@ -39,15 +39,20 @@ def processes_of(marker: str) -> list[int]:
     return pids
 
 
-def stop_head(marker: str) -> None:
+def stop_head(marker: str, grace: float = 5) -> None:
+    """SIGTERM the head's processes, then SIGKILL what is left after ``grace`` seconds."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in processes_of(marker):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-        time.sleep(2)
+        deadline = time.time() + grace
+        while processes_of(marker) and time.time() < deadline:
+            time.sleep(0.1)
 
 
-def test_ray_job_submit_runs_pretrain(tmp_path):
+def test_ray_job_submit_runs_pretrain(tiny_world, tmp_path):
+    """The job trains on the session's tiny world (synthesizing one in the job is the same
+    code as ``scaling synth``, tested on its own)."""
     env = {**os.environ, "RAY_AUTH_MODE": "token"}  # Ray 2.60 local clusters require a token
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # the venv's python
     env.pop("RAY_ADDRESS", None)
@@ -89,6 +94,8 @@ def test_ray_job_submit_runs_pretrain(tmp_path):
             "jobs/configs/smoke.yaml",
             "--set",
             f"run.dir={tmp_path}",
+            "--set",
+            f"data.path={tiny_world}",
             "--set",
             "train.steps=10",
         ]
