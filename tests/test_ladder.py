@@ -151,7 +151,7 @@ def test_tiny_ladder_interrupted_then_resumed(tiny_ladder):
 def test_a_ladder_run_killed_mid_way_resumes_from_its_mid_run_checkpoint(tiny_world, tmp_path):
     """A ladder run (local mode, in its own Ray task) checkpoints every 50 of its 300 steps.
     Its process is killed once a mid-run checkpoint exists; the ladder's retry resumes
-    from that checkpoint (not step 0), finishes at 80 steps, and its row counts the
+    from that checkpoint (not step 0), finishes at 300 steps, and its row counts the
     restart and the steps trained twice."""
 
     from scaling.ladder.grid import ladder
